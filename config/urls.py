@@ -1,0 +1,37 @@
+from django.contrib import admin
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config import health
+from config.api import error_body
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("api/v1/", include("projects.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("admin/", admin.site.urls),
+]
+
+
+def _json_error(code: str, message: str, status: int) -> JsonResponse:
+    return JsonResponse(error_body(code, message), status=status)
+
+
+# Outside DRF views (unknown URLs, crashes) errors keep the same shape.
+def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return _json_error("not_found", "Not found.", 404)
+
+
+def handler500(request: HttpRequest) -> JsonResponse:
+    return _json_error("server_error", "Internal error; it has been logged.", 500)
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return _json_error("bad_request", "Bad request.", 400)
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return _json_error("permission_denied", "Forbidden.", 403)

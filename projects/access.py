@@ -1,0 +1,147 @@
+"""Who may do what: the permission matrix, and resolving a caller's role on an object.
+
+The matrix below is the single source of truth; docs/permissions.md mirrors it and the
+permission tests iterate over it. Rules of visibility:
+- an organization is visible to its members; a project to its members and to the owners and
+  admins of its organization (who act on it with the pseudo-role ``org_admin``);
+- what a caller may not see is a 404 (NotFound), what it may see but not change is a 403.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+
+from projects.exceptions import NotFound, PermissionDenied
+from projects.models import Membership, Organization, OrgRole, Project, ProjectMember, ProjectRole
+
+ORG_ADMIN = "org_admin"  # pseudo project role of an organization's owners and admins
+
+User = AbstractBaseUser | AnonymousUser
+
+
+class OrgAction(StrEnum):
+    VIEW = "org.view"
+    UPDATE = "org.update"
+    DELETE = "org.delete"
+    MEMBERS_VIEW = "org.members.view"
+    MEMBERS_MANAGE = "org.members.manage"
+    PROJECT_CREATE = "org.project.create"
+    AUDIT_VIEW = "org.audit.view"
+    JOBS_VIEW_ALL = "org.jobs.view_all"
+
+
+class ProjectAction(StrEnum):
+    VIEW = "project.view"
+    UPDATE = "project.update"
+    DELETE = "project.delete"
+    MEMBERS_VIEW = "project.members.view"
+    MEMBERS_MANAGE = "project.members.manage"
+    JOBS_VIEW_ALL = "project.jobs.view_all"
+    JOBS_CANCEL_ANY = "project.jobs.cancel_any"
+    STATS_VIEW = "project.stats.view"
+    STATS_RECOUNT = "project.stats.recount"
+    AUDIT_VIEW = "project.audit.view"
+
+
+_ALL_ORG = frozenset(OrgRole.values)
+_ORG_ADMINS = frozenset({OrgRole.OWNER, OrgRole.ADMIN})
+
+ORG_MATRIX: dict[OrgAction, frozenset[str]] = {
+    OrgAction.VIEW: _ALL_ORG,
+    OrgAction.UPDATE: _ORG_ADMINS,
+    OrgAction.DELETE: frozenset({OrgRole.OWNER}),
+    OrgAction.MEMBERS_VIEW: _ALL_ORG,
+    OrgAction.MEMBERS_MANAGE: _ORG_ADMINS,
+    OrgAction.PROJECT_CREATE: _ORG_ADMINS,
+    OrgAction.AUDIT_VIEW: _ORG_ADMINS,
+    OrgAction.JOBS_VIEW_ALL: _ORG_ADMINS,
+}
+
+_ALL_PROJECT = frozenset({*ProjectRole.values, ORG_ADMIN})
+_MANAGERS = frozenset({ProjectRole.MANAGER, ORG_ADMIN})
+
+PROJECT_MATRIX: dict[ProjectAction, frozenset[str]] = {
+    ProjectAction.VIEW: _ALL_PROJECT,
+    ProjectAction.UPDATE: _MANAGERS,
+    ProjectAction.DELETE: frozenset({ORG_ADMIN}),
+    ProjectAction.MEMBERS_VIEW: _ALL_PROJECT,
+    ProjectAction.MEMBERS_MANAGE: _MANAGERS,
+    # Annotators see and cancel only the jobs they started themselves.
+    ProjectAction.JOBS_VIEW_ALL: frozenset(
+        {ProjectRole.MANAGER, ProjectRole.REVIEWER, ProjectRole.ML_ENGINEER, ORG_ADMIN}
+    ),
+    ProjectAction.JOBS_CANCEL_ANY: _MANAGERS,
+    ProjectAction.STATS_VIEW: _ALL_PROJECT,
+    ProjectAction.STATS_RECOUNT: _MANAGERS,
+    ProjectAction.AUDIT_VIEW: _MANAGERS,
+}
+
+
+@dataclass(frozen=True)
+class OrgAccess:
+    organization: Organization
+    role: str
+
+    def can(self, action: OrgAction) -> bool:
+        return self.role in ORG_MATRIX[action]
+
+    def require(self, action: OrgAction) -> OrgAccess:
+        if not self.can(action):
+            raise PermissionDenied(f"Your role in this organization ({self.role}) does not allow {action}.")
+        return self
+
+
+@dataclass(frozen=True)
+class ProjectAccess:
+    project: Project
+    role: str
+
+    def can(self, action: ProjectAction) -> bool:
+        return self.role in PROJECT_MATRIX[action]
+
+    def require(self, action: ProjectAction) -> ProjectAccess:
+        if not self.can(action):
+            raise PermissionDenied(f"Your role in this project ({self.role}) does not allow {action}.")
+        return self
+
+
+def org_access(*, user: User, organization_id: int) -> OrgAccess:
+    """The caller's role in an organization; NotFound when the caller is not a member."""
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(organization_id=organization_id, user_id=user.pk)
+        .first()
+    )
+    if membership is None:
+        raise NotFound("Organization not found.", organization_id=organization_id)
+    return OrgAccess(organization=membership.organization, role=membership.role)
+
+
+def project_role(*, user: User, project: Project) -> str | None:
+    """The caller's effective role: its project role, else org_admin for org owners/admins."""
+    member_role = (
+        ProjectMember.objects.filter(project_id=project.pk, user_id=user.pk).values_list("role", flat=True).first()
+    )
+    org_role = (
+        Membership.objects.filter(organization_id=project.organization_id, user_id=user.pk)
+        .values_list("role", flat=True)
+        .first()
+    )
+    if org_role in _ORG_ADMINS:
+        # An org admin who also holds a project role acts with the wider of the two.
+        return ORG_ADMIN
+    if org_role is None:
+        return None  # left the organization: project roles lapse with it
+    return member_role
+
+
+def project_access(*, user: User, project_id: int) -> ProjectAccess:
+    """The caller's access to a project; NotFound when the caller may not see it."""
+    project = Project.objects.select_related("organization").filter(id=project_id).first()
+    role = project_role(user=user, project=project) if project is not None else None
+    if project is None or role is None:
+        raise NotFound("Project not found.", project_id=project_id)
+    return ProjectAccess(project=project, role=role)

@@ -1,0 +1,341 @@
+"""The job engine: every long piece of work in Loupe is a Job of a registered kind.
+
+How a job runs (projects.tasks.job_run calls job_execute):
+1. Claim: one conditional UPDATE takes a queued job, or a running one whose heartbeat is stale
+   (its worker died), and gives it a fresh ``run_token``. Two workers never both win.
+2. Plan, once: the kind says how many items and chunks there are. The plan is stored, so a
+   worker taking over continues the same plan.
+3. Chunks: for each chunk not yet in JobChunk, the kind's slow part (``prepare_chunk``: network,
+   files) runs outside any transaction; then one short transaction locks the job row, checks the
+   lease and the cancel flag, applies the chunk's effect, records the JobChunk and the progress.
+   A worker killed at any point either committed a chunk completely or not at all, so the next
+   worker redoes nothing and misses nothing.
+4. Slices: after LOUPE_JOB_SLICE_SECONDS the task hands the job back to the queue, so no message
+   outlives the task time limit and big jobs share workers fairly.
+5. Recovery: beat runs job_recover_stalled, which re-enqueues queued jobs whose message may have
+   been lost and running jobs whose heartbeat is older than LOUPE_JOB_STALL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from projects.access import ProjectAccess, ProjectAction
+from projects.audit import audit_record
+from projects.exceptions import JobAlreadyRunning, JobFinished, NotFound, PermissionDenied
+from projects.models import Job, JobChunk, JobError, JobState, Organization, Project
+
+logger = logging.getLogger(__name__)
+
+MAX_ERRORS_PER_CHUNK = 1000
+
+
+@dataclass
+class Plan:
+    total: int  # items, in the unit users see in progress
+    chunks: int
+
+
+@dataclass
+class ChunkError:
+    item: str
+    code: str
+    message: str
+
+
+@dataclass
+class ChunkOutcome:
+    items: int
+    errors: list[ChunkError] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class JobKind:
+    """Base of every job kind. Subclasses set ``name`` and ``queue`` and implement the hooks."""
+
+    name: ClassVar[str]
+    queue: ClassVar[str] = "default"
+    # At most one queued/running job of this kind per project.
+    exclusive_per_project: ClassVar[bool] = False
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    def plan(self, job: Job) -> Plan:
+        raise NotImplementedError
+
+    def prepare_chunk(self, job: Job, index: int) -> Any:
+        """Slow work for a chunk (I/O), outside any transaction. May run again after a crash."""
+        return None
+
+    def apply_chunk(self, job: Job, index: int, prepared: Any) -> ChunkOutcome:
+        """The chunk's effect, inside the transaction that records the chunk as done."""
+        raise NotImplementedError
+
+    def merge_result(self, result: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+        return {**result, **delta}
+
+    def finish(self, job: Job) -> dict[str, Any]:
+        """The final result, computed inside the transaction that marks the job succeeded."""
+        return job.result
+
+
+_REGISTRY: dict[str, JobKind] = {}
+
+
+def register(kind: type[JobKind]) -> type[JobKind]:
+    """Class decorator: make a job kind runnable. Apps register kinds in their AppConfig.ready."""
+    if kind.name in _REGISTRY:
+        raise RuntimeError(f"job kind {kind.name!r} registered twice")
+    _REGISTRY[kind.name] = kind()
+    return kind
+
+
+def kind_for(name: str) -> JobKind:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise LookupError(f"unknown job kind {name!r}") from None
+
+
+# --- Starting and cancelling -------------------------------------------------------------------
+
+
+def _enqueue_on_commit(job: Job) -> list[str]:
+    """Send the job's message once the surrounding transaction commits.
+
+    Returns the job's Celery task ids with the new one appended (the last few are kept, for
+    operators matching worker logs); the caller saves them with the change it is making.
+    """
+    from projects.tasks import job_run
+
+    task_id = uuid.uuid4().hex
+    queue = kind_for(job.kind).queue
+    job_id = job.pk
+    transaction.on_commit(lambda: job_run.apply_async(kwargs={"job_id": job_id}, queue=queue, task_id=task_id))
+    return [*job.celery_task_ids[-9:], task_id]
+
+
+@transaction.atomic
+def job_start(
+    *,
+    kind: str,
+    actor: AbstractBaseUser | None,
+    organization: Organization,
+    project: Project | None = None,
+    params: dict[str, Any] | None = None,
+) -> Job:
+    """Create a job and enqueue it on commit. Callers have authorized the actor already."""
+    job_kind = kind_for(kind)
+    clean = job_kind.validate_params(dict(params or {}))
+    if project is not None and job_kind.exclusive_per_project:
+        # Serialize concurrent starts for one project on its row.
+        Project.objects.select_for_update().filter(id=project.pk).first()
+        if Job.objects.filter(project=project, kind=kind, state__in=Job.ACTIVE_STATES).exists():
+            raise JobAlreadyRunning(kind=kind)
+    job = Job.objects.create(
+        kind=kind,
+        organization=organization,
+        project=project,
+        created_by=actor,
+        params=clean,
+        heartbeat_at=timezone.now(),
+    )
+    audit_record(
+        actor=actor, verb="job.start", obj=job, organization=organization, project=project,
+        changes={"kind": kind, "params": clean},
+    )
+    job.celery_task_ids = _enqueue_on_commit(job)
+    job.save(update_fields=["celery_task_ids"])
+    return job
+
+
+def job_cancel(*, actor: AbstractBaseUser, job: Job, access: ProjectAccess | None) -> Job:
+    """Cancel a job: a queued one at once, a running one at its next chunk boundary.
+
+    The creator may always cancel its own job; others need the project's cancel right (or, for an
+    organization-level job, to be allowed to see it, which only org admins are).
+    """
+    if job.created_by_id != actor.pk and access is not None and not access.can(ProjectAction.JOBS_CANCEL_ANY):
+        raise PermissionDenied("Only the job's creator or a project manager may cancel it.")
+    with transaction.atomic():
+        locked = Job.objects.select_for_update().get(id=job.pk)
+        if locked.is_finished:
+            raise JobFinished(state=locked.state)
+        if locked.state == JobState.QUEUED:
+            locked.state = JobState.CANCELLED
+            locked.finished_at = timezone.now()
+        locked.cancel_requested = True
+        locked.save(update_fields=["state", "finished_at", "cancel_requested"])
+        audit_record(
+            actor=actor, verb="job.cancel", obj=locked, organization=locked.organization,
+            project=locked.project, changes={"state": locked.state},
+        )
+    return locked
+
+
+# --- Running -----------------------------------------------------------------------------------
+
+
+def _stale_before() -> Any:
+    return timezone.now() - timedelta(seconds=settings.LOUPE_JOB_STALL_SECONDS)
+
+
+def _claim(job_id: int, token: str) -> bool:
+    now = timezone.now()
+    claimable = Q(state=JobState.QUEUED) | Q(state=JobState.RUNNING, heartbeat_at__lt=_stale_before())
+    return bool(
+        Job.objects.filter(claimable, id=job_id, cancel_requested=False).update(
+            state=JobState.RUNNING,
+            run_token=token,
+            heartbeat_at=now,
+            started_at=Coalesce(F("started_at"), now),
+            attempts=F("attempts") + 1,
+        )
+    )
+
+
+class _LeaseLost(Exception):
+    """Another worker took the job over (ours was presumed dead), or it was finished meanwhile."""
+
+
+def _lock_owned(job_id: int, token: str) -> Job:
+    job = Job.objects.select_for_update().get(id=job_id)
+    if job.state != JobState.RUNNING or job.run_token != token:
+        raise _LeaseLost
+    return job
+
+
+def _finish(job: Job, state: str, **fields: Any) -> None:
+    job.state = state
+    job.finished_at = timezone.now()
+    job.run_token = ""
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.save()
+
+
+def job_execute(*, job_id: int, on_chunk: Callable[[Job, int], None] | None = None) -> str:
+    """Work on a job for one slice. Returns what happened: for logs and tests."""
+    token = uuid.uuid4().hex
+    if not _claim(job_id, token):
+        _cancel_if_requested_while_idle(job_id)
+        return "not_claimed"
+    job = Job.objects.get(id=job_id)
+    kind = kind_for(job.kind)
+    try:
+        return _run_claimed(job, kind, token, on_chunk)
+    except _LeaseLost:
+        logger.warning("job %s: lease lost, another worker continues it", job_id)
+        return "lease_lost"
+    except Exception as exc:
+        logger.exception("job %s (%s) failed", job_id, job.kind)
+        with transaction.atomic():
+            try:
+                locked = _lock_owned(job_id, token)
+            except _LeaseLost:
+                return "lease_lost"
+            _finish(locked, JobState.FAILED, failure=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+def _run_claimed(job: Job, kind: JobKind, token: str, on_chunk: Callable[[Job, int], None] | None) -> str:
+    if job.chunks_total is None:
+        plan = kind.plan(job)
+        with transaction.atomic():
+            job = _lock_owned(job.pk, token)
+            job.total, job.chunks_total = plan.total, plan.chunks
+            job.save(update_fields=["total", "chunks_total"])
+    assert job.chunks_total is not None
+    finished = set(JobChunk.objects.filter(job_id=job.pk).values_list("index", flat=True))
+    deadline = time.monotonic() + settings.LOUPE_JOB_SLICE_SECONDS
+    for index in range(job.chunks_total):
+        if index in finished:
+            continue
+        if time.monotonic() > deadline:
+            with transaction.atomic():
+                job = _lock_owned(job.pk, token)
+                job.state, job.run_token, job.heartbeat_at = JobState.QUEUED, "", timezone.now()
+                job.celery_task_ids = _enqueue_on_commit(job)
+                job.save(update_fields=["state", "run_token", "heartbeat_at", "celery_task_ids"])
+            return "sliced"
+        prepared = kind.prepare_chunk(job, index)
+        with transaction.atomic():
+            job = _lock_owned(job.pk, token)
+            if job.cancel_requested:
+                _finish(job, JobState.CANCELLED)
+                return "cancelled"
+            outcome = kind.apply_chunk(job, index, prepared)
+            JobChunk.objects.create(job=job, index=index, items=outcome.items)
+            errors = outcome.errors[:MAX_ERRORS_PER_CHUNK]
+            JobError.objects.bulk_create(
+                JobError(job=job, chunk_index=index, item=e.item[:500], code=e.code, message=e.message)
+                for e in errors
+            )
+            job.done += outcome.items
+            job.chunks_done += 1
+            job.error_count += len(outcome.errors)
+            job.result = kind.merge_result(job.result, outcome.result)
+            job.heartbeat_at = timezone.now()
+            job.save(update_fields=["done", "chunks_done", "error_count", "result", "heartbeat_at"])
+        if on_chunk is not None:
+            on_chunk(job, index)
+    with transaction.atomic():
+        job = _lock_owned(job.pk, token)
+        if job.cancel_requested:
+            _finish(job, JobState.CANCELLED)
+            return "cancelled"
+        _finish(job, JobState.SUCCEEDED, result=kind.finish(job))
+    return "succeeded"
+
+
+def _cancel_if_requested_while_idle(job_id: int) -> None:
+    """A running job whose worker died after a cancel request: finish it as cancelled."""
+    Job.objects.filter(
+        id=job_id, cancel_requested=True, state=JobState.RUNNING, heartbeat_at__lt=_stale_before()
+    ).update(state=JobState.CANCELLED, finished_at=timezone.now(), run_token="")
+
+
+def job_recover_stalled() -> list[int]:
+    """Re-enqueue jobs nobody is working on: queued ones whose message may be lost, running ones
+    whose worker stopped heartbeating. A stalled running job goes back to queued, which also
+    fences off its old worker should it still be alive (its next chunk finds the lease gone).
+    Duplicate messages are harmless: claims are exclusive.
+    """
+    stale = _stale_before()
+    Job.objects.filter(state=JobState.RUNNING, cancel_requested=True, heartbeat_at__lt=stale).update(
+        state=JobState.CANCELLED, finished_at=timezone.now(), run_token=""
+    )
+    recovered: list[int] = []
+    candidates = Job.objects.filter(
+        state__in=Job.ACTIVE_STATES, heartbeat_at__lt=stale, cancel_requested=False
+    ).values_list("id", flat=True)[:500]
+    for job_id in candidates:
+        with transaction.atomic():
+            job = (
+                Job.objects.select_for_update(skip_locked=True)
+                .filter(id=job_id, state__in=Job.ACTIVE_STATES, heartbeat_at__lt=stale, cancel_requested=False)
+                .first()
+            )
+            if job is None:
+                continue  # picked up or finished meanwhile
+            job.state, job.run_token, job.heartbeat_at = JobState.QUEUED, "", timezone.now()
+            job.celery_task_ids = _enqueue_on_commit(job)
+            job.save(update_fields=["state", "run_token", "heartbeat_at", "celery_task_ids"])
+            recovered.append(job.pk)
+    if recovered:
+        logger.info("re-enqueued stalled jobs %s", recovered)
+    return recovered

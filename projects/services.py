@@ -1,0 +1,404 @@
+"""Writes for accounts, organizations, projects and memberships.
+
+Every service owns its transaction and records an AuditEvent inside it, so a change and its audit
+trail commit or roll back together. Callers pass what they have already authorized (an
+OrgAccess / ProjectAccess from projects.access); services check the rules that depend on state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from projects.access import ORG_ADMIN, OrgAccess, OrgAction, ProjectAccess, ProjectAction
+from projects.audit import audit_record, diff_fields, snapshot
+from projects.exceptions import (
+    AlreadyMember,
+    LastOwner,
+    NameTaken,
+    NotFound,
+    NotOrganizationMember,
+    PermissionDenied,
+)
+from projects.models import ApiToken, Membership, Organization, OrgRole, Project, ProjectMember
+
+UserModel = get_user_model()
+
+TOKEN_PREFIX = "lp_"
+
+
+# --- API tokens --------------------------------------------------------------------------------
+
+
+def api_token_digest(token: str) -> str:
+    # Tokens carry 256 bits of randomness, so a fast hash is enough: no dictionary to attack.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@transaction.atomic
+def api_token_create(
+    *, user: AbstractBaseUser, name: str, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
+    """Create a personal token; the clear token is returned once and never stored."""
+    clear = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        user=user, name=name, prefix=clear[:10], digest=api_token_digest(clear), expires_at=expires_at
+    )
+    audit_record(
+        actor=user, verb="api_token.create", obj=token, changes={"name": name, "prefix": token.prefix}
+    )
+    return token, clear
+
+
+@transaction.atomic
+def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
+    token = ApiToken.objects.select_for_update().filter(id=token_id, user_id=user.pk).first()
+    if token is None or token.revoked_at is not None:
+        raise NotFound("Token not found.", token_id=token_id)
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    audit_record(actor=user, verb="api_token.revoke", obj=token, changes={"prefix": token.prefix})
+    return token
+
+
+# --- Users (instance administrators only) ------------------------------------------------------
+
+
+@transaction.atomic
+def user_create(
+    *,
+    actor: AbstractBaseUser | None,
+    username: str,
+    email: str = "",
+    password: str | None = None,
+    is_superuser: bool = False,
+) -> AbstractBaseUser:
+    if UserModel.objects.filter(username__iexact=username).exists():
+        raise NameTaken("A user with this username exists.", field="username")
+    user = UserModel.objects.create_user(username=username, email=email, password=password)
+    if is_superuser:
+        user.is_superuser = True
+        user.is_staff = True
+        user.save(update_fields=["is_superuser", "is_staff"])
+    audit_record(
+        actor=actor,
+        verb="user.create",
+        obj=user,
+        changes={"username": username, "email": email, "is_superuser": is_superuser},
+    )
+    return user
+
+
+# --- Organizations -----------------------------------------------------------------------------
+
+_ORG_FIELDS = ("name", "slug")
+
+
+@transaction.atomic
+def organization_create(*, actor: AbstractBaseUser, name: str, slug: str) -> Organization:
+    """Create an organization; its creator becomes its owner."""
+    if Organization.objects.filter(slug=slug).exists():
+        raise NameTaken("An organization with this slug exists.", field="slug")
+    organization = Organization.objects.create(name=name, slug=slug)
+    Membership.objects.create(organization=organization, user=actor, role=OrgRole.OWNER)
+    audit_record(
+        actor=actor,
+        verb="organization.create",
+        obj=organization,
+        organization=organization,
+        changes=snapshot(organization, _ORG_FIELDS),
+    )
+    return organization
+
+
+@transaction.atomic
+def organization_update(*, actor: AbstractBaseUser, access: OrgAccess, **fields: Any) -> Organization:
+    access.require(OrgAction.UPDATE)
+    organization = Organization.objects.select_for_update().get(id=access.organization.pk)
+    if "slug" in fields and Organization.objects.filter(slug=fields["slug"]).exclude(id=organization.pk).exists():
+        raise NameTaken("An organization with this slug exists.", field="slug")
+    before = snapshot(organization, _ORG_FIELDS)
+    for name, value in fields.items():
+        setattr(organization, name, value)
+    organization.save(update_fields=list(fields) or None)
+    audit_record(
+        actor=actor,
+        verb="organization.update",
+        obj=organization,
+        organization=organization,
+        changes=diff_fields(before, snapshot(organization, _ORG_FIELDS)),
+    )
+    return organization
+
+
+@transaction.atomic
+def organization_delete(*, actor: AbstractBaseUser, access: OrgAccess) -> None:
+    access.require(OrgAction.DELETE)
+    organization = Organization.objects.select_for_update().get(id=access.organization.pk)
+    # The organization's own events go with it (cascade); the deletion itself is kept at
+    # instance level so an operator can still see who removed what.
+    audit_record(
+        actor=actor,
+        verb="organization.delete",
+        obj=organization,
+        changes={**snapshot(organization, _ORG_FIELDS), "projects": organization.projects.count()},
+    )
+    organization.delete()
+
+
+def _user_by_username(username: str) -> AbstractBaseUser:
+    user = UserModel.objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise NotFound("No active user with this username.", username=username)
+    return user
+
+
+def _owner_count(organization_id: int) -> int:
+    return Membership.objects.filter(organization_id=organization_id, role=OrgRole.OWNER).count()
+
+
+def _check_owner_change(access: OrgAccess, *roles: str) -> None:
+    if OrgRole.OWNER in roles and access.role != OrgRole.OWNER:
+        raise PermissionDenied("Only an owner may grant or take away the owner role.")
+
+
+@transaction.atomic
+def membership_add(*, actor: AbstractBaseUser, access: OrgAccess, username: str, role: str) -> Membership:
+    access.require(OrgAction.MEMBERS_MANAGE)
+    _check_owner_change(access, role)
+    user = _user_by_username(username)
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(organization=access.organization, user=user, role=role)
+    except IntegrityError:
+        raise AlreadyMember(username=username) from None
+    audit_record(
+        actor=actor,
+        verb="membership.create",
+        obj=membership,
+        organization=access.organization,
+        changes={"user": user.get_username(), "role": role},
+    )
+    return membership
+
+
+def _locked_membership(access: OrgAccess, user_id: int) -> Membership:
+    # Lock the organization row first: owner-count rules read every membership of it.
+    Organization.objects.select_for_update().get(id=access.organization.pk)
+    membership = (
+        Membership.objects.select_for_update()
+        .select_related("user")
+        .filter(organization_id=access.organization.pk, user_id=user_id)
+        .first()
+    )
+    if membership is None:
+        raise NotFound("Member not found.", user_id=user_id)
+    return membership
+
+
+@transaction.atomic
+def membership_update(*, actor: AbstractBaseUser, access: OrgAccess, user_id: int, role: str) -> Membership:
+    access.require(OrgAction.MEMBERS_MANAGE)
+    membership = _locked_membership(access, user_id)
+    _check_owner_change(access, role, membership.role)
+    if membership.role == OrgRole.OWNER and role != OrgRole.OWNER and _owner_count(access.organization.pk) == 1:
+        raise LastOwner()
+    before = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(
+        actor=actor,
+        verb="membership.update",
+        obj=membership,
+        organization=access.organization,
+        changes={"user": membership.user.get_username(), "role": [before, role]},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, actor: AbstractBaseUser, access: OrgAccess, user_id: int) -> None:
+    """Remove a member; leaving is allowed to everyone, removing others needs members.manage."""
+    if user_id != actor.pk:
+        access.require(OrgAction.MEMBERS_MANAGE)
+    membership = _locked_membership(access, user_id)
+    if user_id != actor.pk:
+        _check_owner_change(access, membership.role)
+    if membership.role == OrgRole.OWNER and _owner_count(access.organization.pk) == 1:
+        raise LastOwner()
+    # Project roles lapse with the organization membership.
+    dropped = ProjectMember.objects.filter(project__organization_id=access.organization.pk, user_id=user_id)
+    dropped_projects = list(dropped.values_list("project_id", flat=True))
+    dropped.delete()
+    audit_record(
+        actor=actor,
+        verb="membership.delete",
+        obj=membership,
+        organization=access.organization,
+        changes={"user": membership.user.get_username(), "role": membership.role, "projects": dropped_projects},
+    )
+    membership.delete()
+
+
+# --- Projects ----------------------------------------------------------------------------------
+
+_PROJECT_FIELDS = ("name", "description", "settings")
+
+
+def _check_project_name(organization_id: int, name: str, exclude_id: int | None = None) -> None:
+    clash = Project.objects.filter(organization_id=organization_id, name=name)
+    if exclude_id is not None:
+        clash = clash.exclude(id=exclude_id)
+    if clash.exists():
+        raise NameTaken("A project with this name exists in the organization.", field="name")
+
+
+@transaction.atomic
+def project_create(
+    *,
+    actor: AbstractBaseUser,
+    access: OrgAccess,
+    name: str,
+    description: str = "",
+    settings: dict[str, Any] | None = None,
+) -> Project:
+    access.require(OrgAction.PROJECT_CREATE)
+    _check_project_name(access.organization.pk, name)
+    project = Project.objects.create(
+        organization=access.organization,
+        name=name,
+        description=description,
+        settings=settings or {},
+        created_by=actor,
+    )
+    # The creator manages what it created, even if it later stops being an org admin.
+    ProjectMember.objects.create(project=project, user=actor, role="manager")
+    audit_record(
+        actor=actor,
+        verb="project.create",
+        obj=project,
+        project=project,
+        changes=snapshot(project, _PROJECT_FIELDS),
+    )
+    return project
+
+
+@transaction.atomic
+def project_update(*, actor: AbstractBaseUser, access: ProjectAccess, **fields: Any) -> Project:
+    access.require(ProjectAction.UPDATE)
+    project = Project.objects.select_for_update().get(id=access.project.pk)
+    if "name" in fields:
+        _check_project_name(project.organization_id, fields["name"], exclude_id=project.pk)
+    before = snapshot(project, _PROJECT_FIELDS)
+    for name, value in fields.items():
+        setattr(project, name, value)
+    project.save()
+    audit_record(
+        actor=actor,
+        verb="project.update",
+        obj=project,
+        project=project,
+        changes=diff_fields(before, snapshot(project, _PROJECT_FIELDS)),
+    )
+    return project
+
+
+@transaction.atomic
+def project_delete(*, actor: AbstractBaseUser, access: ProjectAccess) -> None:
+    access.require(ProjectAction.DELETE)
+    project = Project.objects.select_for_update().get(id=access.project.pk)
+    # Recorded against the organization: the project's own events are deleted with it.
+    audit_record(
+        actor=actor,
+        verb="project.delete",
+        obj=project,
+        organization=project.organization,
+        changes=snapshot(project, ("name",)),
+    )
+    project.delete()
+
+
+def _check_role_grant(access: ProjectAccess, *roles: str) -> None:
+    # Managers run a project's staffing, but only org admins create or remove other managers.
+    if "manager" in roles and access.role != ORG_ADMIN:
+        raise PermissionDenied("Only organization owners and admins grant or take away the manager role.")
+
+
+@transaction.atomic
+def project_member_add(
+    *, actor: AbstractBaseUser, access: ProjectAccess, username: str, role: str
+) -> ProjectMember:
+    access.require(ProjectAction.MEMBERS_MANAGE)
+    _check_role_grant(access, role)
+    user = _user_by_username(username)
+    if not Membership.objects.filter(organization_id=access.project.organization_id, user_id=user.pk).exists():
+        raise NotOrganizationMember(username=username)
+    try:
+        with transaction.atomic():
+            member = ProjectMember.objects.create(project=access.project, user=user, role=role)
+    except IntegrityError:
+        raise AlreadyMember("This user is already a project member.", username=username) from None
+    audit_record(
+        actor=actor,
+        verb="project_member.create",
+        obj=member,
+        project=access.project,
+        changes={"user": user.get_username(), "role": role},
+    )
+    return member
+
+
+def _locked_project_member(access: ProjectAccess, user_id: int) -> ProjectMember:
+    member = (
+        ProjectMember.objects.select_for_update()
+        .select_related("user")
+        .filter(project_id=access.project.pk, user_id=user_id)
+        .first()
+    )
+    if member is None:
+        raise NotFound("Project member not found.", user_id=user_id)
+    return member
+
+
+@transaction.atomic
+def project_member_update(
+    *, actor: AbstractBaseUser, access: ProjectAccess, user_id: int, role: str
+) -> ProjectMember:
+    access.require(ProjectAction.MEMBERS_MANAGE)
+    member = _locked_project_member(access, user_id)
+    _check_role_grant(access, role, member.role)
+    before = member.role
+    member.role = role
+    member.save(update_fields=["role"])
+    audit_record(
+        actor=actor,
+        verb="project_member.update",
+        obj=member,
+        project=access.project,
+        changes={"user": member.user.get_username(), "role": [before, role]},
+    )
+    return member
+
+
+@transaction.atomic
+def project_member_remove(*, actor: AbstractBaseUser, access: ProjectAccess, user_id: int) -> None:
+    if user_id != actor.pk:
+        access.require(ProjectAction.MEMBERS_MANAGE)
+    member = _locked_project_member(access, user_id)
+    if user_id != actor.pk:
+        _check_role_grant(access, member.role)
+    audit_record(
+        actor=actor,
+        verb="project_member.delete",
+        obj=member,
+        project=access.project,
+        changes={"user": member.user.get_username(), "role": member.role},
+    )
+    member.delete()
