@@ -54,5 +54,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
         else:
             results[name] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
     ready = all(result["ok"] for result in results.values())
-    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": results},
-                        status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ready" if ready else "unavailable", "checks": results}, status=200 if ready else 503
+    )

@@ -48,12 +48,16 @@ if not SECRET_KEY:
     # manage.py calls on a fresh checkout) a fixed development key is acceptable because nothing
     # listens beyond 127.0.0.1.
     SECRET_KEY = (
-        secret_file.read_text().strip() if secret_file.exists() else "loupe-embedded-development-key-not-secret"
+        secret_file.read_text().strip()
+        if secret_file.exists()
+        else "loupe-embedded-development-key-not-secret"
     )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 if "*" in ALLOWED_HOSTS and not DEBUG:
-    raise ImproperlyConfigured("ALLOWED_HOSTS='*' is refused outside DEBUG: list the hosts Loupe is served on")
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS='*' is refused outside DEBUG: list the hosts Loupe is served on"
+    )
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 if env_bool("LOUPE_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

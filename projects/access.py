@@ -123,7 +123,9 @@ def org_access(*, user: User, organization_id: int) -> OrgAccess:
 def project_role(*, user: User, project: Project) -> str | None:
     """The caller's effective role: its project role, else org_admin for org owners/admins."""
     member_role = (
-        ProjectMember.objects.filter(project_id=project.pk, user_id=user.pk).values_list("role", flat=True).first()
+        ProjectMember.objects.filter(project_id=project.pk, user_id=user.pk)
+        .values_list("role", flat=True)
+        .first()
     )
     org_role = (
         Membership.objects.filter(organization_id=project.organization_id, user_id=user.pk)

@@ -46,9 +46,7 @@ class ProjectStatsRecount(JobKind):
     def plan(self, job: Job) -> Plan:
         # The id range is fixed at planning time: events recorded while the job runs belong to
         # the next recount.
-        bounds = self._events(job).aggregate(
-            low=Min("id"), high=Max("id"), n=Count("id")
-        )
+        bounds = self._events(job).aggregate(low=Min("id"), high=Max("id"), n=Count("id"))
         if bounds["n"] == 0:
             job.params = {**job.params, "first_id": 0, "last_id": -1}
             Job.objects.filter(id=job.pk).update(params=job.params)
@@ -66,7 +64,10 @@ class ProjectStatsRecount(JobKind):
         by_verb = dict(events.values_list("verb").annotate(n=Count("id")).order_by())
         by_day = {
             day.isoformat(): n
-            for day, n in events.annotate(day=TruncDate("at")).values_list("day").annotate(n=Count("id")).order_by()
+            for day, n in events.annotate(day=TruncDate("at"))
+            .values_list("day")
+            .annotate(n=Count("id"))
+            .order_by()
         }
         by_actor = {
             str(actor_id or "system"): n
@@ -75,7 +76,12 @@ class ProjectStatsRecount(JobKind):
         items = sum(by_verb.values())
         return ChunkOutcome(
             items=items,
-            result={"events": items, "events_by_verb": by_verb, "events_by_day": by_day, "events_by_actor": by_actor},
+            result={
+                "events": items,
+                "events_by_verb": by_verb,
+                "events_by_day": by_day,
+                "events_by_actor": by_actor,
+            },
         )
 
     def merge_result(self, result: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from django.utils import timezone
 
 from projects.access import ProjectAccess, ProjectAction
 from projects.audit import audit_record
-from projects.exceptions import JobAlreadyRunning, JobFinished, NotFound, PermissionDenied
+from projects.exceptions import JobAlreadyRunning, JobFinished, PermissionDenied
 from projects.models import Job, JobChunk, JobError, JobState, Organization, Project
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,9 @@ def _enqueue_on_commit(job: Job) -> list[str]:
     task_id = uuid.uuid4().hex
     queue = kind_for(job.kind).queue
     job_id = job.pk
-    transaction.on_commit(lambda: job_run.apply_async(kwargs={"job_id": job_id}, queue=queue, task_id=task_id))
+    transaction.on_commit(
+        lambda: job_run.apply_async(kwargs={"job_id": job_id}, queue=queue, task_id=task_id)
+    )
     return [*job.celery_task_ids[-9:], task_id]
 
 
@@ -155,7 +157,11 @@ def job_start(
         heartbeat_at=timezone.now(),
     )
     audit_record(
-        actor=actor, verb="job.start", obj=job, organization=organization, project=project,
+        actor=actor,
+        verb="job.start",
+        obj=job,
+        organization=organization,
+        project=project,
         changes={"kind": kind, "params": clean},
     )
     job.celery_task_ids = _enqueue_on_commit(job)
@@ -181,8 +187,12 @@ def job_cancel(*, actor: AbstractBaseUser, job: Job, access: ProjectAccess | Non
         locked.cancel_requested = True
         locked.save(update_fields=["state", "finished_at", "cancel_requested"])
         audit_record(
-            actor=actor, verb="job.cancel", obj=locked, organization=locked.organization,
-            project=locked.project, changes={"state": locked.state},
+            actor=actor,
+            verb="job.cancel",
+            obj=locked,
+            organization=locked.organization,
+            project=locked.project,
+            changes={"state": locked.state},
         )
     return locked
 
@@ -327,7 +337,9 @@ def job_recover_stalled() -> list[int]:
         with transaction.atomic():
             job = (
                 Job.objects.select_for_update(skip_locked=True)
-                .filter(id=job_id, state__in=Job.ACTIVE_STATES, heartbeat_at__lt=stale, cancel_requested=False)
+                .filter(
+                    id=job_id, state__in=Job.ACTIVE_STATES, heartbeat_at__lt=stale, cancel_requested=False
+                )
                 .first()
             )
             if job is None:

@@ -27,7 +27,9 @@ class ProjectRole(models.TextChoices):
 class ApiToken(models.Model):
     """A personal API token. Only its SHA-256 is stored; the token itself is shown once."""
 
-    user = models.ForeignKey(django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100)
     # The first characters of the token, shown in listings so a user can tell tokens apart.
     prefix = models.CharField(max_length=16)
@@ -58,13 +60,18 @@ class Organization(models.Model):
 
 class Membership(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
     role = models.CharField(max_length=16, choices=OrgRole.choices, default=OrgRole.MEMBER)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organization", "user"], name="membership_unique")]
         indexes = [models.Index(fields=["user", "organization"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.organization_id} ({self.role})"
 
 
 class Project(models.Model):
@@ -88,13 +95,18 @@ class Project(models.Model):
 
 class ProjectMember(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="members")
-    user = models.ForeignKey(django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_roles")
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_roles"
+    )
     role = models.CharField(max_length=16, choices=ProjectRole.choices)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "user"], name="project_member_unique")]
         indexes = [models.Index(fields=["user", "project"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}@project {self.project_id} ({self.role})"
 
 
 class JobState(models.TextChoices):
@@ -144,7 +156,9 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["project", "-id"]),
             models.Index(fields=["organization", "-id"]),
-            models.Index(fields=["state", "heartbeat_at"], name="job_active_idx", condition=Q(state="running")),
+            models.Index(
+                fields=["state", "heartbeat_at"], name="job_active_idx", condition=Q(state="running")
+            ),
         ]
 
     def __str__(self) -> str:
@@ -166,6 +180,9 @@ class JobChunk(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "index"], name="job_chunk_once")]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} chunk {self.index}"
+
 
 class JobError(models.Model):
     """A per-item error: the item was skipped with this reason, the rest of the job went on."""
@@ -180,12 +197,17 @@ class JobError(models.Model):
     class Meta:
         indexes = [models.Index(fields=["job", "id"])]
 
+    def __str__(self) -> str:
+        return f"{self.code}: {self.item}"
+
 
 class AuditEvent(models.Model):
     """Who changed what, when, from which request. Written in the same transaction as the change."""
 
     at = models.DateTimeField(auto_now_add=True)
-    actor = models.ForeignKey(django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    actor = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
     )

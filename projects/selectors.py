@@ -52,7 +52,9 @@ def project_list_for_user(*, user: User) -> QuerySet[Project]:
         user_id=user.pk,
         project__organization__memberships__user_id=user.pk,
     )
-    return Project.objects.filter(Q(Exists(administers)) | Q(Exists(is_member))).select_related("organization")
+    return Project.objects.filter(Q(Exists(administers)) | Q(Exists(is_member))).select_related(
+        "organization"
+    )
 
 
 def project_member_list_for_user(*, user: User, project_id: int) -> QuerySet[ProjectMember]:

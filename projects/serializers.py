@@ -7,8 +7,18 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
-from projects.models import ApiToken, AuditEvent, Job, JobError, Membership, Organization, OrgRole, Project
-from projects.models import ProjectMember, ProjectRole
+from projects.models import (
+    ApiToken,
+    AuditEvent,
+    Job,
+    JobError,
+    Membership,
+    Organization,
+    OrgRole,
+    Project,
+    ProjectMember,
+    ProjectRole,
+)
 
 MAX_SETTINGS_BYTES = 64 * 1024
 
@@ -32,8 +42,10 @@ class MeOutput(serializers.Serializer):
 
 class UserCreateInput(serializers.Serializer):
     username = serializers.RegexField(r"^[\w.@+-]{1,150}$")
-    email = serializers.EmailField(required=False, default="")
-    password = serializers.CharField(required=False, allow_null=True, default=None, min_length=8, max_length=128)
+    email = serializers.EmailField(required=False, allow_blank=True)
+    password = serializers.CharField(
+        required=False, allow_null=True, default=None, min_length=8, max_length=128
+    )
     is_superuser = serializers.BooleanField(required=False, default=False)
 
 
@@ -159,10 +171,27 @@ class JobOutput(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = [
-            "id", "kind", "organization", "project", "created_by", "state", "params",
-            "done", "total", "progress", "chunks_done", "chunks_total", "error_count",
-            "result", "failure", "cancel_requested", "attempts",
-            "created_at", "started_at", "heartbeat_at", "finished_at",
+            "id",
+            "kind",
+            "organization",
+            "project",
+            "created_by",
+            "state",
+            "params",
+            "done",
+            "total",
+            "progress",
+            "chunks_done",
+            "chunks_total",
+            "error_count",
+            "result",
+            "failure",
+            "cancel_requested",
+            "attempts",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
         ]
 
     def get_progress(self, job: Job) -> float | None:
@@ -187,8 +216,16 @@ class AuditEventOutput(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
         fields = [
-            "id", "at", "actor", "organization", "project", "verb",
-            "object_type", "object_id", "changes", "request_id",
+            "id",
+            "at",
+            "actor",
+            "organization",
+            "project",
+            "verb",
+            "object_type",
+            "object_id",
+            "changes",
+            "request_id",
         ]
 
 

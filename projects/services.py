@@ -31,7 +31,7 @@ from projects.models import ApiToken, Membership, Organization, OrgRole, Project
 
 UserModel = get_user_model()
 
-TOKEN_PREFIX = "lp_"
+TOKEN_PREFIX = "lp_"  # noqa: S105 (a marker that makes leaked tokens greppable, not a secret)
 
 
 # --- API tokens --------------------------------------------------------------------------------
@@ -122,7 +122,10 @@ def organization_create(*, actor: AbstractBaseUser, name: str, slug: str) -> Org
 def organization_update(*, actor: AbstractBaseUser, access: OrgAccess, **fields: Any) -> Organization:
     access.require(OrgAction.UPDATE)
     organization = Organization.objects.select_for_update().get(id=access.organization.pk)
-    if "slug" in fields and Organization.objects.filter(slug=fields["slug"]).exclude(id=organization.pk).exists():
+    if (
+        "slug" in fields
+        and Organization.objects.filter(slug=fields["slug"]).exclude(id=organization.pk).exists()
+    ):
         raise NameTaken("An organization with this slug exists.", field="slug")
     before = snapshot(organization, _ORG_FIELDS)
     for name, value in fields.items():
@@ -208,7 +211,11 @@ def membership_update(*, actor: AbstractBaseUser, access: OrgAccess, user_id: in
     access.require(OrgAction.MEMBERS_MANAGE)
     membership = _locked_membership(access, user_id)
     _check_owner_change(access, role, membership.role)
-    if membership.role == OrgRole.OWNER and role != OrgRole.OWNER and _owner_count(access.organization.pk) == 1:
+    if (
+        membership.role == OrgRole.OWNER
+        and role != OrgRole.OWNER
+        and _owner_count(access.organization.pk) == 1
+    ):
         raise LastOwner()
     before = membership.role
     membership.role = role
@@ -242,7 +249,11 @@ def membership_remove(*, actor: AbstractBaseUser, access: OrgAccess, user_id: in
         verb="membership.delete",
         obj=membership,
         organization=access.organization,
-        changes={"user": membership.user.get_username(), "role": membership.role, "projects": dropped_projects},
+        changes={
+            "user": membership.user.get_username(),
+            "role": membership.role,
+            "projects": dropped_projects,
+        },
     )
     membership.delete()
 
@@ -338,7 +349,9 @@ def project_member_add(
     access.require(ProjectAction.MEMBERS_MANAGE)
     _check_role_grant(access, role)
     user = _user_by_username(username)
-    if not Membership.objects.filter(organization_id=access.project.organization_id, user_id=user.pk).exists():
+    if not Membership.objects.filter(
+        organization_id=access.project.organization_id, user_id=user.pk
+    ).exists():
         raise NotOrganizationMember(username=username)
     try:
         with transaction.atomic():

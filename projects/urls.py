@@ -8,7 +8,11 @@ urlpatterns = [
     path("me/tokens/<int:token_id>", views.ApiTokenDetailView.as_view(), name="token-detail"),
     path("users", views.UserCreateView.as_view(), name="user-create"),
     path("organizations", views.OrganizationListView.as_view(), name="organization-list"),
-    path("organizations/<int:organization_id>", views.OrganizationDetailView.as_view(), name="organization-detail"),
+    path(
+        "organizations/<int:organization_id>",
+        views.OrganizationDetailView.as_view(),
+        name="organization-detail",
+    ),
     path(
         "organizations/<int:organization_id>/members",
         views.MembershipListView.as_view(),
@@ -26,7 +30,9 @@ urlpatterns = [
     ),
     path("projects", views.ProjectListView.as_view(), name="project-list"),
     path("projects/<int:project_id>", views.ProjectDetailView.as_view(), name="project-detail"),
-    path("projects/<int:project_id>/members", views.ProjectMemberListView.as_view(), name="project-member-list"),
+    path(
+        "projects/<int:project_id>/members", views.ProjectMemberListView.as_view(), name="project-member-list"
+    ),
     path(
         "projects/<int:project_id>/members/<int:user_id>",
         views.ProjectMemberDetailView.as_view(),

@@ -16,6 +16,16 @@ from projects import jobs, selectors, services
 from projects.access import OrgAction, ProjectAction, org_access, project_access
 from projects.exceptions import PermissionDenied
 from projects.filters import AuditEventFilter, JobFilter, ProjectFilter
+from projects.models import (
+    ApiToken,
+    AuditEvent,
+    Job,
+    JobError,
+    Membership,
+    Organization,
+    Project,
+    ProjectMember,
+)
 from projects.serializers import (
     ApiTokenCreatedOutput,
     ApiTokenCreateInput,
@@ -72,6 +82,7 @@ class MeView(generics.GenericAPIView):
 
 
 class ApiTokenListView(ListView):
+    queryset = ApiToken.objects.none()  # for schema generation; requests use selectors
     output_class = ApiTokenOutput
 
     @extend_schema(responses=ApiTokenOutput(many=True), tags=["accounts"])
@@ -112,6 +123,7 @@ class UserCreateView(generics.GenericAPIView):
 
 
 class OrganizationListView(ListView):
+    queryset = Organization.objects.none()  # for schema generation; requests use selectors
     output_class = OrganizationOutput
 
     @extend_schema(responses=OrganizationOutput(many=True), tags=["organizations"])
@@ -145,6 +157,7 @@ class OrganizationDetailView(generics.GenericAPIView):
 
 
 class MembershipListView(ListView):
+    queryset = Membership.objects.none()  # for schema generation; requests use selectors
     output_class = MembershipOutput
 
     @extend_schema(responses=MembershipOutput(many=True), tags=["organizations"])
@@ -154,15 +167,21 @@ class MembershipListView(ListView):
 
     @extend_schema(request=MembershipInput, responses={201: MembershipOutput}, tags=["organizations"])
     def post(self, request: Request, organization_id: int) -> Response:
-        access = org_access(user=request.user, organization_id=organization_id).require(OrgAction.MEMBERS_MANAGE)
-        membership = services.membership_add(actor=request.user, access=access, **parse(MembershipInput, request))
+        access = org_access(user=request.user, organization_id=organization_id).require(
+            OrgAction.MEMBERS_MANAGE
+        )
+        membership = services.membership_add(
+            actor=request.user, access=access, **parse(MembershipInput, request)
+        )
         return Response(MembershipOutput(membership).data, status=status.HTTP_201_CREATED)
 
 
 class MembershipDetailView(generics.GenericAPIView):
     @extend_schema(request=OrgRoleInput, responses=MembershipOutput, tags=["organizations"])
     def patch(self, request: Request, organization_id: int, user_id: int) -> Response:
-        access = org_access(user=request.user, organization_id=organization_id).require(OrgAction.MEMBERS_MANAGE)
+        access = org_access(user=request.user, organization_id=organization_id).require(
+            OrgAction.MEMBERS_MANAGE
+        )
         role = parse(OrgRoleInput, request)["role"]
         membership = services.membership_update(actor=request.user, access=access, user_id=user_id, role=role)
         return Response(MembershipOutput(membership).data)
@@ -175,12 +194,15 @@ class MembershipDetailView(generics.GenericAPIView):
 
 
 class OrganizationAuditEventListView(ListView):
+    queryset = AuditEvent.objects.none()  # for schema generation; requests use selectors
     output_class = AuditEventOutput
     filterset_class = AuditEventFilter
 
     @extend_schema(responses=AuditEventOutput(many=True), tags=["audit"])
     def get(self, request: Request, organization_id: int) -> Response:
-        events = selectors.audit_event_list_for_organization(user=request.user, organization_id=organization_id)
+        events = selectors.audit_event_list_for_organization(
+            user=request.user, organization_id=organization_id
+        )
         return self.list_response(events)
 
 
@@ -188,6 +210,7 @@ class OrganizationAuditEventListView(ListView):
 
 
 class ProjectListView(ListView):
+    queryset = Project.objects.none()  # for schema generation; requests use selectors
     output_class = ProjectOutput
     filterset_class = ProjectFilter
 
@@ -225,23 +248,32 @@ class ProjectDetailView(generics.GenericAPIView):
 
 
 class ProjectMemberListView(ListView):
+    queryset = ProjectMember.objects.none()  # for schema generation; requests use selectors
     output_class = ProjectMemberOutput
 
     @extend_schema(responses=ProjectMemberOutput(many=True), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        return self.list_response(selectors.project_member_list_for_user(user=request.user, project_id=project_id))
+        return self.list_response(
+            selectors.project_member_list_for_user(user=request.user, project_id=project_id)
+        )
 
     @extend_schema(request=ProjectMemberInput, responses={201: ProjectMemberOutput}, tags=["projects"])
     def post(self, request: Request, project_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id).require(ProjectAction.MEMBERS_MANAGE)
-        member = services.project_member_add(actor=request.user, access=access, **parse(ProjectMemberInput, request))
+        access = project_access(user=request.user, project_id=project_id).require(
+            ProjectAction.MEMBERS_MANAGE
+        )
+        member = services.project_member_add(
+            actor=request.user, access=access, **parse(ProjectMemberInput, request)
+        )
         return Response(ProjectMemberOutput(member).data, status=status.HTTP_201_CREATED)
 
 
 class ProjectMemberDetailView(generics.GenericAPIView):
     @extend_schema(request=ProjectRoleInput, responses=ProjectMemberOutput, tags=["projects"])
     def patch(self, request: Request, project_id: int, user_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id).require(ProjectAction.MEMBERS_MANAGE)
+        access = project_access(user=request.user, project_id=project_id).require(
+            ProjectAction.MEMBERS_MANAGE
+        )
         role = parse(ProjectRoleInput, request)["role"]
         member = services.project_member_update(actor=request.user, access=access, user_id=user_id, role=role)
         return Response(ProjectMemberOutput(member).data)
@@ -254,20 +286,26 @@ class ProjectMemberDetailView(generics.GenericAPIView):
 
 
 class ProjectAuditEventListView(ListView):
+    queryset = AuditEvent.objects.none()  # for schema generation; requests use selectors
     output_class = AuditEventOutput
     filterset_class = AuditEventFilter
 
     @extend_schema(responses=AuditEventOutput(many=True), tags=["audit"])
     def get(self, request: Request, project_id: int) -> Response:
-        return self.list_response(selectors.audit_event_list_for_project(user=request.user, project_id=project_id))
+        return self.list_response(
+            selectors.audit_event_list_for_project(user=request.user, project_id=project_id)
+        )
 
 
 class ProjectStatsView(generics.GenericAPIView):
     @extend_schema(responses=ProjectStatsOutput, tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
         job = selectors.project_stats_for_user(user=request.user, project_id=project_id)
-        body = {"job": job.pk if job else None, "computed_at": job.finished_at if job else None,
-                "stats": job.result if job else {}}
+        body = {
+            "job": job.pk if job else None,
+            "computed_at": job.finished_at if job else None,
+            "stats": job.result if job else {},
+        }
         return Response(ProjectStatsOutput(body).data)
 
 
@@ -289,6 +327,7 @@ class ProjectStatsRecountView(generics.GenericAPIView):
 
 
 class ProjectJobListView(ListView):
+    queryset = Job.objects.none()  # for schema generation; requests use selectors
     output_class = JobOutput
     filterset_class = JobFilter
 
@@ -313,6 +352,7 @@ class JobCancelView(generics.GenericAPIView):
 
 
 class JobErrorListView(ListView):
+    queryset = JobError.objects.none()  # for schema generation; requests use selectors
     output_class = JobErrorOutput
 
     @extend_schema(responses=JobErrorOutput(many=True), tags=["jobs"])

@@ -12,7 +12,13 @@ from rest_framework.test import APIClient
 from projects.access import ORG_ADMIN
 from projects.models import Organization, OrgRole, Project, ProjectRole
 from projects.services import api_token_create
-from tests.factories import MembershipFactory, OrganizationFactory, ProjectFactory, ProjectMemberFactory, UserFactory
+from tests.factories import (
+    MembershipFactory,
+    OrganizationFactory,
+    ProjectFactory,
+    ProjectMemberFactory,
+    UserFactory,
+)
 
 
 def client_for(user: AbstractBaseUser | None) -> APIClient:

@@ -65,19 +65,39 @@ class Worker:
 
 
 @contextmanager
-def celery_worker(*, beat: bool = False, env: dict[str, str] | None = None, ready_timeout: float = 60) -> Iterator[Worker]:
+def celery_worker(
+    *, beat: bool = False, env: dict[str, str] | None = None, ready_timeout: float = 60
+) -> Iterator[Worker]:
     """Start `celery worker` (solo pool: one process, so a SIGKILL kills the task with it)."""
     name = f"test-{uuid.uuid4().hex[:8]}@%h"
     command = [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo", "--loglevel=INFO",
-        "-Q", ",".join(settings.LOUPE_QUEUES), "-n", name, "--without-gossip", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "--pool=solo",
+        "--loglevel=INFO",
+        "-Q",
+        ",".join(settings.LOUPE_QUEUES),
+        "-n",
+        name,
+        "--without-gossip",
+        "--without-mingle",
     ]
     if beat:
         command += ["-B", "-s", str(Path(tempfile.mkdtemp(prefix="loupe-beat-")) / "schedule")]
-    child_env = {**os.environ, "DATABASE_URL": child_database_url(), "REDIS_URL": settings.REDIS_URL,
-                 "SECRET_KEY": settings.SECRET_KEY, **(env or {})}
-    process = subprocess.Popen(command, cwd=REPO, env=child_env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    child_env = {
+        **os.environ,
+        "DATABASE_URL": child_database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "SECRET_KEY": settings.SECRET_KEY,
+        **(env or {}),
+    }
+    process = subprocess.Popen(
+        command, cwd=REPO, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     log: list[str] = []
     ready = threading.Event()
 

@@ -78,10 +78,14 @@ def test_expired_tokens_are_refused(world: World) -> None:
 def test_only_instance_admins_create_users(world: World) -> None:
     assert_error(world.client("owner").post("/api/v1/users", {"username": "x"}, format="json"), 403)
     root = UserFactory(username="root", is_superuser=True, is_staff=True)
-    response = client_for(root).post("/api/v1/users", {"username": "newbie", "email": "n@example.test"}, format="json")
+    response = client_for(root).post(
+        "/api/v1/users", {"username": "newbie", "email": "n@example.test"}, format="json"
+    )
     assert response.status_code == 201
     assert response.json()["username"] == "newbie"
-    assert_error(client_for(root).post("/api/v1/users", {"username": "newbie"}, format="json"), 409, "name_taken")
+    assert_error(
+        client_for(root).post("/api/v1/users", {"username": "newbie"}, format="json"), 409, "name_taken"
+    )
 
 
 @pytest.mark.parametrize(

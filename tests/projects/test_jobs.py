@@ -22,16 +22,25 @@ def make_events(world: World, n: int) -> None:
     verbs = ["task.submit", "task.review", "project.update"]
     actors = [world.users["annotator"], world.users["reviewer"], None]
     AuditEvent.objects.bulk_create(
-        AuditEvent(project=world.project, organization=world.org, verb=verbs[i % 3], actor=actors[i % 3],
-                   object_type="task", object_id=str(i))
+        AuditEvent(
+            project=world.project,
+            organization=world.org,
+            verb=verbs[i % 3],
+            actor=actors[i % 3],
+            object_type="task",
+            object_id=str(i),
+        )
         for i in range(n)
     )
 
 
 def start_recount(world: World, chunk_size: int = 10) -> Job:
     return jobs.job_start(
-        kind="project.stats_recount", actor=world.users["manager"], organization=world.org,
-        project=world.project, params={"chunk_size": chunk_size},
+        kind="project.stats_recount",
+        actor=world.users["manager"],
+        organization=world.org,
+        project=world.project,
+        params={"chunk_size": chunk_size},
     )
 
 
@@ -178,7 +187,12 @@ def test_merging_chunk_counts_adds_them() -> None:
     kind = ProjectStatsRecount()
     merged = kind.merge_result(
         {"events": 3, "events_by_verb": {"a": 2, "b": 1}, "events_by_day": {}, "events_by_actor": {"1": 3}},
-        {"events": 2, "events_by_verb": {"b": 1, "c": 1}, "events_by_day": {"2026-11-22": 2}, "events_by_actor": {}},
+        {
+            "events": 2,
+            "events_by_verb": {"b": 1, "c": 1},
+            "events_by_day": {"2026-11-22": 2},
+            "events_by_actor": {},
+        },
     )
     assert merged["events"] == 5
     assert Counter(merged["events_by_verb"]) == Counter({"a": 2, "b": 2, "c": 1})
@@ -208,5 +222,7 @@ def test_a_recount_started_through_the_api_is_queued_with_a_job_to_watch(
     assert len(callbacks) == 1
     watched = world.client("manager").get(f"/api/v1/jobs/{body['id']}").json()
     assert watched["id"] == body["id"]
-    again = world.client("manager").post(f"/api/v1/projects/{world.project.id}/stats/recount", {}, format="json")
+    again = world.client("manager").post(
+        f"/api/v1/projects/{world.project.id}/stats/recount", {}, format="json"
+    )
     assert_error(again, 409, "job_already_running")

@@ -20,8 +20,14 @@ def make_events(world: World, n: int) -> None:
     verbs = ["task.submit", "task.review", "project.update", "task.skip"]
     AuditEvent.objects.bulk_create(
         (
-            AuditEvent(project=world.project, organization=world.org, verb=verbs[i % 4],
-                       actor=world.users["annotator"] if i % 2 else None, object_type="task", object_id=str(i))
+            AuditEvent(
+                project=world.project,
+                organization=world.org,
+                verb=verbs[i % 4],
+                actor=world.users["annotator"] if i % 2 else None,
+                object_type="task",
+                object_id=str(i),
+            )
             for i in range(n)
         ),
         batch_size=5000,
@@ -106,7 +112,9 @@ def test_a_job_survives_its_worker_being_killed_and_no_chunk_runs_twice(world: W
     job_id = start(world, chunk_size=20)["id"]
     fast_recovery = {"LOUPE_JOB_STALL_SECONDS": "2", "LOUPE_JOB_RECOVER_INTERVAL": "1"}
     with celery_worker(env=fast_recovery) as first:
-        wait_for(lambda: Job.objects.get(id=job_id).chunks_done >= 20, 60, "the first worker to make progress")
+        wait_for(
+            lambda: Job.objects.get(id=job_id).chunks_done >= 20, 60, "the first worker to make progress"
+        )
         first.kill()
     killed = Job.objects.get(id=job_id)
     assert killed.state == JobState.RUNNING and killed.chunks_done < (killed.chunks_total or 0)

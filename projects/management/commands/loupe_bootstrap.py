@@ -49,9 +49,12 @@ class Command(BaseCommand):
         path: Path = options["credentials"]
         current = read_credentials(path)
         token = current.get("LOUPE_TOKEN", "")
-        valid = bool(token) and ApiToken.objects.filter(
-            digest=services.api_token_digest(token), revoked_at__isnull=True, user__is_active=True
-        ).exists()
+        valid = (
+            bool(token)
+            and ApiToken.objects.filter(
+                digest=services.api_token_digest(token), revoked_at__isnull=True, user__is_active=True
+            ).exists()
+        )
         if not valid:
             with transaction.atomic():
                 UserModel = get_user_model()
