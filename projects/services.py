@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -21,6 +22,7 @@ from projects.access import ORG_ADMIN, OrgAccess, OrgAction, ProjectAccess, Proj
 from projects.audit import audit_record, diff_fields, snapshot
 from projects.exceptions import (
     AlreadyMember,
+    DomainError,
     LastOwner,
     NameTaken,
     NotFound,
@@ -31,7 +33,21 @@ from projects.models import ApiToken, Membership, Organization, OrgRole, Project
 
 UserModel = get_user_model()
 
+T = TypeVar("T")
+
 TOKEN_PREFIX = "lp_"  # noqa: S105 (a marker that makes leaked tokens greppable, not a secret)
+
+
+def _unique(write: Callable[[], T], error: DomainError) -> T:
+    """Run a write that a unique constraint guards; a clash (even a concurrent one) is ``error``.
+
+    The constraint, not a prior SELECT, is the arbiter: two concurrent requests cannot both pass.
+    """
+    try:
+        with transaction.atomic():
+            return write()
+    except IntegrityError:
+        raise error from None
 
 
 # --- API tokens --------------------------------------------------------------------------------
@@ -80,9 +96,13 @@ def user_create(
     password: str | None = None,
     is_superuser: bool = False,
 ) -> AbstractBaseUser:
+    # Usernames are unique case-insensitively here (the model's constraint is case-sensitive).
     if UserModel.objects.filter(username__iexact=username).exists():
         raise NameTaken("A user with this username exists.", field="username")
-    user = UserModel.objects.create_user(username=username, email=email, password=password)
+    user = _unique(
+        lambda: UserModel.objects.create_user(username=username, email=email, password=password),
+        NameTaken("A user with this username exists.", field="username"),
+    )
     if is_superuser:
         user.is_superuser = True
         user.is_staff = True
@@ -104,9 +124,10 @@ _ORG_FIELDS = ("name", "slug")
 @transaction.atomic
 def organization_create(*, actor: AbstractBaseUser, name: str, slug: str) -> Organization:
     """Create an organization; its creator becomes its owner."""
-    if Organization.objects.filter(slug=slug).exists():
-        raise NameTaken("An organization with this slug exists.", field="slug")
-    organization = Organization.objects.create(name=name, slug=slug)
+    organization = _unique(
+        lambda: Organization.objects.create(name=name, slug=slug),
+        NameTaken("An organization with this slug exists.", field="slug"),
+    )
     Membership.objects.create(organization=organization, user=actor, role=OrgRole.OWNER)
     audit_record(
         actor=actor,
@@ -122,21 +143,18 @@ def organization_create(*, actor: AbstractBaseUser, name: str, slug: str) -> Org
 def organization_update(*, actor: AbstractBaseUser, access: OrgAccess, **fields: Any) -> Organization:
     access.require(OrgAction.UPDATE)
     organization = Organization.objects.select_for_update().get(id=access.organization.pk)
-    if (
-        "slug" in fields
-        and Organization.objects.filter(slug=fields["slug"]).exclude(id=organization.pk).exists()
-    ):
-        raise NameTaken("An organization with this slug exists.", field="slug")
     before = snapshot(organization, _ORG_FIELDS)
     for name, value in fields.items():
         setattr(organization, name, value)
-    organization.save(update_fields=list(fields) or None)
+    changes = diff_fields(before, snapshot(organization, _ORG_FIELDS))
+    if not changes:
+        return organization  # nothing changed: nothing to save or audit
+    _unique(
+        lambda: organization.save(update_fields=list(changes)),
+        NameTaken("An organization with this slug exists.", field="slug"),
+    )
     audit_record(
-        actor=actor,
-        verb="organization.update",
-        obj=organization,
-        organization=organization,
-        changes=diff_fields(before, snapshot(organization, _ORG_FIELDS)),
+        actor=actor, verb="organization.update", obj=organization, organization=organization, changes=changes
     )
     return organization
 
@@ -177,11 +195,10 @@ def membership_add(*, actor: AbstractBaseUser, access: OrgAccess, username: str,
     access.require(OrgAction.MEMBERS_MANAGE)
     _check_owner_change(access, role)
     user = _user_by_username(username)
-    try:
-        with transaction.atomic():
-            membership = Membership.objects.create(organization=access.organization, user=user, role=role)
-    except IntegrityError:
-        raise AlreadyMember(username=username) from None
+    membership = _unique(
+        lambda: Membership.objects.create(organization=access.organization, user=user, role=role),
+        AlreadyMember(username=username),
+    )
     audit_record(
         actor=actor,
         verb="membership.create",
@@ -263,12 +280,8 @@ def membership_remove(*, actor: AbstractBaseUser, access: OrgAccess, user_id: in
 _PROJECT_FIELDS = ("name", "description", "settings")
 
 
-def _check_project_name(organization_id: int, name: str, exclude_id: int | None = None) -> None:
-    clash = Project.objects.filter(organization_id=organization_id, name=name)
-    if exclude_id is not None:
-        clash = clash.exclude(id=exclude_id)
-    if clash.exists():
-        raise NameTaken("A project with this name exists in the organization.", field="name")
+def _project_name_taken() -> NameTaken:
+    return NameTaken("A project with this name exists in the organization.", field="name")
 
 
 @transaction.atomic
@@ -281,13 +294,15 @@ def project_create(
     settings: dict[str, Any] | None = None,
 ) -> Project:
     access.require(OrgAction.PROJECT_CREATE)
-    _check_project_name(access.organization.pk, name)
-    project = Project.objects.create(
-        organization=access.organization,
-        name=name,
-        description=description,
-        settings=settings or {},
-        created_by=actor,
+    project = _unique(
+        lambda: Project.objects.create(
+            organization=access.organization,
+            name=name,
+            description=description,
+            settings=settings or {},
+            created_by=actor,
+        ),
+        _project_name_taken(),
     )
     # The creator manages what it created, even if it later stops being an org admin.
     ProjectMember.objects.create(project=project, user=actor, role="manager")
@@ -305,19 +320,14 @@ def project_create(
 def project_update(*, actor: AbstractBaseUser, access: ProjectAccess, **fields: Any) -> Project:
     access.require(ProjectAction.UPDATE)
     project = Project.objects.select_for_update().get(id=access.project.pk)
-    if "name" in fields:
-        _check_project_name(project.organization_id, fields["name"], exclude_id=project.pk)
     before = snapshot(project, _PROJECT_FIELDS)
     for name, value in fields.items():
         setattr(project, name, value)
-    project.save()
-    audit_record(
-        actor=actor,
-        verb="project.update",
-        obj=project,
-        project=project,
-        changes=diff_fields(before, snapshot(project, _PROJECT_FIELDS)),
-    )
+    changes = diff_fields(before, snapshot(project, _PROJECT_FIELDS))
+    if not changes:
+        return project  # nothing changed: nothing to save or audit
+    _unique(lambda: project.save(update_fields=[*changes, "updated_at"]), _project_name_taken())
+    audit_record(actor=actor, verb="project.update", obj=project, project=project, changes=changes)
     return project
 
 
@@ -353,11 +363,10 @@ def project_member_add(
         organization_id=access.project.organization_id, user_id=user.pk
     ).exists():
         raise NotOrganizationMember(username=username)
-    try:
-        with transaction.atomic():
-            member = ProjectMember.objects.create(project=access.project, user=user, role=role)
-    except IntegrityError:
-        raise AlreadyMember("This user is already a project member.", username=username) from None
+    member = _unique(
+        lambda: ProjectMember.objects.create(project=access.project, user=user, role=role),
+        AlreadyMember("This user is already a project member.", username=username),
+    )
     audit_record(
         actor=actor,
         verb="project_member.create",
