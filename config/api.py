@@ -57,7 +57,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         details = {"fields": exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}}
     elif isinstance(exc, exceptions.Throttled):
         message = "Too many requests."
-        details = {"retry_after_s": exc.wait}
+        details = {"retry_after_s": exc.wait}  # type: ignore[attr-defined]  # set by DRF at init
     else:
         message = str(exc.detail)
     response.data = error_body(code, message, details)

@@ -12,14 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import User
 
 from projects.exceptions import NotFound, PermissionDenied
 from projects.models import Membership, Organization, OrgRole, Project, ProjectMember, ProjectRole
 
 ORG_ADMIN = "org_admin"  # pseudo project role of an organization's owners and admins
-
-User = AbstractBaseUser | AnonymousUser
 
 
 class OrgAction(StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import models, transaction
 
 from projects.context import request_id_var
@@ -22,7 +22,7 @@ def diff_fields(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list
 
 def audit_record(
     *,
-    actor: AbstractBaseUser | AnonymousUser | None,
+    actor: User | AnonymousUser | None,
     verb: str,
     obj: models.Model,
     organization: Organization | None = None,

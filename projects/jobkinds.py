@@ -40,8 +40,14 @@ class ProjectStatsRecount(JobKind):
             raise InvalidInput("chunk_size must be an integer from 10 to 100000.", field="chunk_size")
         return {"chunk_size": chunk_size}
 
+    @staticmethod
+    def _project_id(job: Job) -> int:
+        if job.project_id is None:
+            raise ValueError(f"job {job.pk}: a statistics recount belongs to a project")
+        return job.project_id
+
     def _events(self, job: Job) -> Any:
-        return AuditEvent.objects.filter(project_id=job.project_id)
+        return AuditEvent.objects.filter(project_id=self._project_id(job))
 
     def plan(self, job: Job) -> Plan:
         # The id range is fixed at planning time: events recorded while the job runs belong to
@@ -92,14 +98,14 @@ class ProjectStatsRecount(JobKind):
         return merged
 
     def finish(self, job: Job) -> dict[str, Any]:
-        members = dict(
-            ProjectMember.objects.filter(project_id=job.project_id)
+        members: dict[str, int] = dict(
+            ProjectMember.objects.filter(project_id=self._project_id(job))
             .values_list("role")
             .annotate(n=Count("id"))
             .order_by()
         )
-        jobs = dict(
-            Job.objects.filter(project_id=job.project_id)
+        jobs: dict[str, int] = dict(
+            Job.objects.filter(project_id=self._project_id(job))
             .exclude(id=job.pk)
             .values_list("state")
             .annotate(n=Count("id"))

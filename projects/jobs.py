@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
@@ -135,7 +135,7 @@ def _enqueue_on_commit(job: Job) -> list[str]:
 def job_start(
     *,
     kind: str,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     organization: Organization,
     project: Project | None = None,
     params: dict[str, Any] | None = None,
@@ -169,7 +169,7 @@ def job_start(
     return job
 
 
-def job_cancel(*, actor: AbstractBaseUser, job: Job, access: ProjectAccess | None) -> Job:
+def job_cancel(*, actor: User, job: Job, access: ProjectAccess | None) -> Job:
     """Cancel a job: a queued one at once, a running one at its next chunk boundary.
 
     The creator may always cancel its own job; others need the project's cancel right (or, for an

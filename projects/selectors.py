@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.models import User
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from projects.access import (
     OrgAction,
     ProjectAccess,
     ProjectAction,
-    User,
     org_access,
     project_access,
 )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from projects.models import (
@@ -103,14 +103,11 @@ class MembershipOutput(serializers.ModelSerializer):
         fields = ["user", "role", "created_at"]
 
 
-def _validate_settings(value: Any) -> dict[str, Any]:
-    import json
-
+def _validate_settings(value: Any) -> None:
     if not isinstance(value, dict):
         raise serializers.ValidationError("settings must be a JSON object.")
     if len(json.dumps(value)) > MAX_SETTINGS_BYTES:
         raise serializers.ValidationError(f"settings may be at most {MAX_SETTINGS_BYTES} bytes of JSON.")
-    return value
 
 
 class ProjectCreateInput(serializers.Serializer):
@@ -227,6 +224,3 @@ class AuditEventOutput(serializers.ModelSerializer):
             "changes",
             "request_id",
         ]
-
-
-UserModel = get_user_model()

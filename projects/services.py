@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -59,9 +59,7 @@ def api_token_digest(token: str) -> str:
 
 
 @transaction.atomic
-def api_token_create(
-    *, user: AbstractBaseUser, name: str, expires_at: datetime | None = None
-) -> tuple[ApiToken, str]:
+def api_token_create(*, user: User, name: str, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
     """Create a personal token; the clear token is returned once and never stored."""
     clear = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
@@ -74,7 +72,7 @@ def api_token_create(
 
 
 @transaction.atomic
-def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
+def api_token_revoke(*, user: User, token_id: int) -> ApiToken:
     token = ApiToken.objects.select_for_update().filter(id=token_id, user_id=user.pk).first()
     if token is None or token.revoked_at is not None:
         raise NotFound("Token not found.", token_id=token_id)
@@ -90,12 +88,12 @@ def api_token_revoke(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
 @transaction.atomic
 def user_create(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     username: str,
     email: str = "",
     password: str | None = None,
     is_superuser: bool = False,
-) -> AbstractBaseUser:
+) -> User:
     # Usernames are unique case-insensitively here (the model's constraint is case-sensitive).
     if UserModel.objects.filter(username__iexact=username).exists():
         raise NameTaken("A user with this username exists.", field="username")
@@ -122,7 +120,7 @@ _ORG_FIELDS = ("name", "slug")
 
 
 @transaction.atomic
-def organization_create(*, actor: AbstractBaseUser, name: str, slug: str) -> Organization:
+def organization_create(*, actor: User, name: str, slug: str) -> Organization:
     """Create an organization; its creator becomes its owner."""
     organization = _unique(
         lambda: Organization.objects.create(name=name, slug=slug),
@@ -140,7 +138,7 @@ def organization_create(*, actor: AbstractBaseUser, name: str, slug: str) -> Org
 
 
 @transaction.atomic
-def organization_update(*, actor: AbstractBaseUser, access: OrgAccess, **fields: Any) -> Organization:
+def organization_update(*, actor: User, access: OrgAccess, **fields: Any) -> Organization:
     access.require(OrgAction.UPDATE)
     organization = Organization.objects.select_for_update().get(id=access.organization.pk)
     before = snapshot(organization, _ORG_FIELDS)
@@ -160,7 +158,7 @@ def organization_update(*, actor: AbstractBaseUser, access: OrgAccess, **fields:
 
 
 @transaction.atomic
-def organization_delete(*, actor: AbstractBaseUser, access: OrgAccess) -> None:
+def organization_delete(*, actor: User, access: OrgAccess) -> None:
     access.require(OrgAction.DELETE)
     organization = Organization.objects.select_for_update().get(id=access.organization.pk)
     # The organization's own events go with it (cascade); the deletion itself is kept at
@@ -174,7 +172,7 @@ def organization_delete(*, actor: AbstractBaseUser, access: OrgAccess) -> None:
     organization.delete()
 
 
-def _user_by_username(username: str) -> AbstractBaseUser:
+def _user_by_username(username: str) -> User:
     user = UserModel.objects.filter(username=username, is_active=True).first()
     if user is None:
         raise NotFound("No active user with this username.", username=username)
@@ -191,7 +189,7 @@ def _check_owner_change(access: OrgAccess, *roles: str) -> None:
 
 
 @transaction.atomic
-def membership_add(*, actor: AbstractBaseUser, access: OrgAccess, username: str, role: str) -> Membership:
+def membership_add(*, actor: User, access: OrgAccess, username: str, role: str) -> Membership:
     access.require(OrgAction.MEMBERS_MANAGE)
     _check_owner_change(access, role)
     user = _user_by_username(username)
@@ -224,7 +222,7 @@ def _locked_membership(access: OrgAccess, user_id: int) -> Membership:
 
 
 @transaction.atomic
-def membership_update(*, actor: AbstractBaseUser, access: OrgAccess, user_id: int, role: str) -> Membership:
+def membership_update(*, actor: User, access: OrgAccess, user_id: int, role: str) -> Membership:
     access.require(OrgAction.MEMBERS_MANAGE)
     membership = _locked_membership(access, user_id)
     _check_owner_change(access, role, membership.role)
@@ -248,7 +246,7 @@ def membership_update(*, actor: AbstractBaseUser, access: OrgAccess, user_id: in
 
 
 @transaction.atomic
-def membership_remove(*, actor: AbstractBaseUser, access: OrgAccess, user_id: int) -> None:
+def membership_remove(*, actor: User, access: OrgAccess, user_id: int) -> None:
     """Remove a member; leaving is allowed to everyone, removing others needs members.manage."""
     if user_id != actor.pk:
         access.require(OrgAction.MEMBERS_MANAGE)
@@ -287,7 +285,7 @@ def _project_name_taken() -> NameTaken:
 @transaction.atomic
 def project_create(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     access: OrgAccess,
     name: str,
     description: str = "",
@@ -317,7 +315,7 @@ def project_create(
 
 
 @transaction.atomic
-def project_update(*, actor: AbstractBaseUser, access: ProjectAccess, **fields: Any) -> Project:
+def project_update(*, actor: User, access: ProjectAccess, **fields: Any) -> Project:
     access.require(ProjectAction.UPDATE)
     project = Project.objects.select_for_update().get(id=access.project.pk)
     before = snapshot(project, _PROJECT_FIELDS)
@@ -332,7 +330,7 @@ def project_update(*, actor: AbstractBaseUser, access: ProjectAccess, **fields: 
 
 
 @transaction.atomic
-def project_delete(*, actor: AbstractBaseUser, access: ProjectAccess) -> None:
+def project_delete(*, actor: User, access: ProjectAccess) -> None:
     access.require(ProjectAction.DELETE)
     project = Project.objects.select_for_update().get(id=access.project.pk)
     # Recorded against the organization: the project's own events are deleted with it.
@@ -353,9 +351,7 @@ def _check_role_grant(access: ProjectAccess, *roles: str) -> None:
 
 
 @transaction.atomic
-def project_member_add(
-    *, actor: AbstractBaseUser, access: ProjectAccess, username: str, role: str
-) -> ProjectMember:
+def project_member_add(*, actor: User, access: ProjectAccess, username: str, role: str) -> ProjectMember:
     access.require(ProjectAction.MEMBERS_MANAGE)
     _check_role_grant(access, role)
     user = _user_by_username(username)
@@ -390,9 +386,7 @@ def _locked_project_member(access: ProjectAccess, user_id: int) -> ProjectMember
 
 
 @transaction.atomic
-def project_member_update(
-    *, actor: AbstractBaseUser, access: ProjectAccess, user_id: int, role: str
-) -> ProjectMember:
+def project_member_update(*, actor: User, access: ProjectAccess, user_id: int, role: str) -> ProjectMember:
     access.require(ProjectAction.MEMBERS_MANAGE)
     member = _locked_project_member(access, user_id)
     _check_role_grant(access, role, member.role)
@@ -410,7 +404,7 @@ def project_member_update(
 
 
 @transaction.atomic
-def project_member_remove(*, actor: AbstractBaseUser, access: ProjectAccess, user_id: int) -> None:
+def project_member_remove(*, actor: User, access: ProjectAccess, user_id: int) -> None:
     if user_id != actor.pk:
         access.require(ProjectAction.MEMBERS_MANAGE)
     member = _locked_project_member(access, user_id)

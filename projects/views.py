@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
@@ -56,6 +57,12 @@ from projects.serializers import (
 NO_CONTENT = OpenApiResponse(description="Done; no body.")
 
 
+def caller(request: Request) -> User:
+    """The authenticated user (every view here requires authentication)."""
+    assert isinstance(request.user, User)
+    return request.user
+
+
 def parse(serializer_class: type[Serializer], request: Request, *, partial: bool = False) -> dict[str, Any]:
     payload = serializer_class(data=request.data, partial=partial)
     payload.is_valid(raise_exception=True)
@@ -78,7 +85,7 @@ class ListView(generics.GenericAPIView):
 class MeView(generics.GenericAPIView):
     @extend_schema(responses=MeOutput, tags=["accounts"])
     def get(self, request: Request) -> Response:
-        return Response(MeOutput(request.user).data)
+        return Response(MeOutput(caller(request)).data)
 
 
 class ApiTokenListView(ListView):
@@ -87,11 +94,11 @@ class ApiTokenListView(ListView):
 
     @extend_schema(responses=ApiTokenOutput(many=True), tags=["accounts"])
     def get(self, request: Request) -> Response:
-        return self.list_response(selectors.api_token_list_for_user(user=request.user))
+        return self.list_response(selectors.api_token_list_for_user(user=caller(request)))
 
     @extend_schema(request=ApiTokenCreateInput, responses={201: ApiTokenCreatedOutput}, tags=["accounts"])
     def post(self, request: Request) -> Response:
-        token, clear = services.api_token_create(user=request.user, **parse(ApiTokenCreateInput, request))
+        token, clear = services.api_token_create(user=caller(request), **parse(ApiTokenCreateInput, request))
         body = ApiTokenCreatedOutput(token, context={"clear_token": clear}).data
         return Response(body, status=status.HTTP_201_CREATED)
 
@@ -99,7 +106,7 @@ class ApiTokenListView(ListView):
 class ApiTokenDetailView(generics.GenericAPIView):
     @extend_schema(responses={204: NO_CONTENT}, tags=["accounts"])
     def delete(self, request: Request, token_id: int) -> Response:
-        services.api_token_revoke(user=request.user, token_id=token_id)
+        services.api_token_revoke(user=caller(request), token_id=token_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -115,7 +122,7 @@ class UserCreateView(generics.GenericAPIView):
 
     @extend_schema(request=UserCreateInput, responses={201: UserBriefOutput}, tags=["accounts"])
     def post(self, request: Request) -> Response:
-        user = services.user_create(actor=request.user, **parse(UserCreateInput, request))
+        user = services.user_create(actor=caller(request), **parse(UserCreateInput, request))
         return Response(UserBriefOutput(user).data, status=status.HTTP_201_CREATED)
 
 
@@ -128,31 +135,33 @@ class OrganizationListView(ListView):
 
     @extend_schema(responses=OrganizationOutput(many=True), tags=["organizations"])
     def get(self, request: Request) -> Response:
-        return self.list_response(selectors.organization_list_for_user(user=request.user))
+        return self.list_response(selectors.organization_list_for_user(user=caller(request)))
 
     @extend_schema(request=OrganizationInput, responses={201: OrganizationOutput}, tags=["organizations"])
     def post(self, request: Request) -> Response:
-        organization = services.organization_create(actor=request.user, **parse(OrganizationInput, request))
+        organization = services.organization_create(
+            actor=caller(request), **parse(OrganizationInput, request)
+        )
         return Response(OrganizationOutput(organization).data, status=status.HTTP_201_CREATED)
 
 
 class OrganizationDetailView(generics.GenericAPIView):
     @extend_schema(responses=OrganizationOutput, tags=["organizations"])
     def get(self, request: Request, organization_id: int) -> Response:
-        access = org_access(user=request.user, organization_id=organization_id)
+        access = org_access(user=caller(request), organization_id=organization_id)
         return Response(OrganizationOutput(access.organization).data)
 
     @extend_schema(request=OrganizationUpdateInput, responses=OrganizationOutput, tags=["organizations"])
     def patch(self, request: Request, organization_id: int) -> Response:
-        access = org_access(user=request.user, organization_id=organization_id).require(OrgAction.UPDATE)
+        access = org_access(user=caller(request), organization_id=organization_id).require(OrgAction.UPDATE)
         fields = parse(OrganizationUpdateInput, request, partial=True)
-        organization = services.organization_update(actor=request.user, access=access, **fields)
+        organization = services.organization_update(actor=caller(request), access=access, **fields)
         return Response(OrganizationOutput(organization).data)
 
     @extend_schema(responses={204: NO_CONTENT}, tags=["organizations"])
     def delete(self, request: Request, organization_id: int) -> Response:
-        access = org_access(user=request.user, organization_id=organization_id)
-        services.organization_delete(actor=request.user, access=access)
+        access = org_access(user=caller(request), organization_id=organization_id)
+        services.organization_delete(actor=caller(request), access=access)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -162,16 +171,16 @@ class MembershipListView(ListView):
 
     @extend_schema(responses=MembershipOutput(many=True), tags=["organizations"])
     def get(self, request: Request, organization_id: int) -> Response:
-        members = selectors.membership_list_for_user(user=request.user, organization_id=organization_id)
+        members = selectors.membership_list_for_user(user=caller(request), organization_id=organization_id)
         return self.list_response(members)
 
     @extend_schema(request=MembershipInput, responses={201: MembershipOutput}, tags=["organizations"])
     def post(self, request: Request, organization_id: int) -> Response:
-        access = org_access(user=request.user, organization_id=organization_id).require(
+        access = org_access(user=caller(request), organization_id=organization_id).require(
             OrgAction.MEMBERS_MANAGE
         )
         membership = services.membership_add(
-            actor=request.user, access=access, **parse(MembershipInput, request)
+            actor=caller(request), access=access, **parse(MembershipInput, request)
         )
         return Response(MembershipOutput(membership).data, status=status.HTTP_201_CREATED)
 
@@ -179,17 +188,19 @@ class MembershipListView(ListView):
 class MembershipDetailView(generics.GenericAPIView):
     @extend_schema(request=OrgRoleInput, responses=MembershipOutput, tags=["organizations"])
     def patch(self, request: Request, organization_id: int, user_id: int) -> Response:
-        access = org_access(user=request.user, organization_id=organization_id).require(
+        access = org_access(user=caller(request), organization_id=organization_id).require(
             OrgAction.MEMBERS_MANAGE
         )
         role = parse(OrgRoleInput, request)["role"]
-        membership = services.membership_update(actor=request.user, access=access, user_id=user_id, role=role)
+        membership = services.membership_update(
+            actor=caller(request), access=access, user_id=user_id, role=role
+        )
         return Response(MembershipOutput(membership).data)
 
     @extend_schema(responses={204: NO_CONTENT}, tags=["organizations"])
     def delete(self, request: Request, organization_id: int, user_id: int) -> Response:
-        access = org_access(user=request.user, organization_id=organization_id)
-        services.membership_remove(actor=request.user, access=access, user_id=user_id)
+        access = org_access(user=caller(request), organization_id=organization_id)
+        services.membership_remove(actor=caller(request), access=access, user_id=user_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -201,7 +212,7 @@ class OrganizationAuditEventListView(ListView):
     @extend_schema(responses=AuditEventOutput(many=True), tags=["audit"])
     def get(self, request: Request, organization_id: int) -> Response:
         events = selectors.audit_event_list_for_organization(
-            user=request.user, organization_id=organization_id
+            user=caller(request), organization_id=organization_id
         )
         return self.list_response(events)
 
@@ -216,13 +227,13 @@ class ProjectListView(ListView):
 
     @extend_schema(responses=ProjectOutput(many=True), tags=["projects"])
     def get(self, request: Request) -> Response:
-        return self.list_response(selectors.project_list_for_user(user=request.user))
+        return self.list_response(selectors.project_list_for_user(user=caller(request)))
 
     @extend_schema(request=ProjectCreateInput, responses={201: ProjectDetailOutput}, tags=["projects"])
     def post(self, request: Request) -> Response:
         fields = parse(ProjectCreateInput, request)
-        access = org_access(user=request.user, organization_id=fields.pop("organization"))
-        project = services.project_create(actor=request.user, access=access, **fields)
+        access = org_access(user=caller(request), organization_id=fields.pop("organization"))
+        project = services.project_create(actor=caller(request), access=access, **fields)
         body = ProjectDetailOutput(project, context={"role": "manager"}).data
         return Response(body, status=status.HTTP_201_CREATED)
 
@@ -230,20 +241,20 @@ class ProjectListView(ListView):
 class ProjectDetailView(generics.GenericAPIView):
     @extend_schema(responses=ProjectDetailOutput, tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id)
+        access = project_access(user=caller(request), project_id=project_id)
         return Response(ProjectDetailOutput(access.project, context={"role": access.role}).data)
 
     @extend_schema(request=ProjectUpdateInput, responses=ProjectDetailOutput, tags=["projects"])
     def patch(self, request: Request, project_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id).require(ProjectAction.UPDATE)
+        access = project_access(user=caller(request), project_id=project_id).require(ProjectAction.UPDATE)
         fields = parse(ProjectUpdateInput, request, partial=True)
-        project = services.project_update(actor=request.user, access=access, **fields)
+        project = services.project_update(actor=caller(request), access=access, **fields)
         return Response(ProjectDetailOutput(project, context={"role": access.role}).data)
 
     @extend_schema(responses={204: NO_CONTENT}, tags=["projects"])
     def delete(self, request: Request, project_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id)
-        services.project_delete(actor=request.user, access=access)
+        access = project_access(user=caller(request), project_id=project_id)
+        services.project_delete(actor=caller(request), access=access)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -254,16 +265,16 @@ class ProjectMemberListView(ListView):
     @extend_schema(responses=ProjectMemberOutput(many=True), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
         return self.list_response(
-            selectors.project_member_list_for_user(user=request.user, project_id=project_id)
+            selectors.project_member_list_for_user(user=caller(request), project_id=project_id)
         )
 
     @extend_schema(request=ProjectMemberInput, responses={201: ProjectMemberOutput}, tags=["projects"])
     def post(self, request: Request, project_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id).require(
+        access = project_access(user=caller(request), project_id=project_id).require(
             ProjectAction.MEMBERS_MANAGE
         )
         member = services.project_member_add(
-            actor=request.user, access=access, **parse(ProjectMemberInput, request)
+            actor=caller(request), access=access, **parse(ProjectMemberInput, request)
         )
         return Response(ProjectMemberOutput(member).data, status=status.HTTP_201_CREATED)
 
@@ -271,17 +282,19 @@ class ProjectMemberListView(ListView):
 class ProjectMemberDetailView(generics.GenericAPIView):
     @extend_schema(request=ProjectRoleInput, responses=ProjectMemberOutput, tags=["projects"])
     def patch(self, request: Request, project_id: int, user_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id).require(
+        access = project_access(user=caller(request), project_id=project_id).require(
             ProjectAction.MEMBERS_MANAGE
         )
         role = parse(ProjectRoleInput, request)["role"]
-        member = services.project_member_update(actor=request.user, access=access, user_id=user_id, role=role)
+        member = services.project_member_update(
+            actor=caller(request), access=access, user_id=user_id, role=role
+        )
         return Response(ProjectMemberOutput(member).data)
 
     @extend_schema(responses={204: NO_CONTENT}, tags=["projects"])
     def delete(self, request: Request, project_id: int, user_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id)
-        services.project_member_remove(actor=request.user, access=access, user_id=user_id)
+        access = project_access(user=caller(request), project_id=project_id)
+        services.project_member_remove(actor=caller(request), access=access, user_id=user_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -293,14 +306,14 @@ class ProjectAuditEventListView(ListView):
     @extend_schema(responses=AuditEventOutput(many=True), tags=["audit"])
     def get(self, request: Request, project_id: int) -> Response:
         return self.list_response(
-            selectors.audit_event_list_for_project(user=request.user, project_id=project_id)
+            selectors.audit_event_list_for_project(user=caller(request), project_id=project_id)
         )
 
 
 class ProjectStatsView(generics.GenericAPIView):
     @extend_schema(responses=ProjectStatsOutput, tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        job = selectors.project_stats_for_user(user=request.user, project_id=project_id)
+        job = selectors.project_stats_for_user(user=caller(request), project_id=project_id)
         body = {
             "job": job.pk if job else None,
             "computed_at": job.finished_at if job else None,
@@ -312,10 +325,10 @@ class ProjectStatsView(generics.GenericAPIView):
 class ProjectStatsRecountView(generics.GenericAPIView):
     @extend_schema(request=StatsRecountInput, responses={202: JobOutput}, tags=["projects", "jobs"])
     def post(self, request: Request, project_id: int) -> Response:
-        access = project_access(user=request.user, project_id=project_id).require(ProjectAction.STATS_RECOUNT)
+        access = project_access(user=caller(request), project_id=project_id).require(ProjectAction.STATS_RECOUNT)
         job = jobs.job_start(
             kind="project.stats_recount",
-            actor=request.user,
+            actor=caller(request),
             organization=access.project.organization,
             project=access.project,
             params=parse(StatsRecountInput, request),
@@ -333,21 +346,21 @@ class ProjectJobListView(ListView):
 
     @extend_schema(responses=JobOutput(many=True), tags=["jobs"])
     def get(self, request: Request, project_id: int) -> Response:
-        return self.list_response(selectors.job_list_for_user(user=request.user, project_id=project_id))
+        return self.list_response(selectors.job_list_for_user(user=caller(request), project_id=project_id))
 
 
 class JobDetailView(generics.GenericAPIView):
     @extend_schema(responses=JobOutput, tags=["jobs"])
     def get(self, request: Request, job_id: int) -> Response:
-        job, _ = selectors.job_get_for_user(user=request.user, job_id=job_id)
+        job, _ = selectors.job_get_for_user(user=caller(request), job_id=job_id)
         return Response(JobOutput(job).data)
 
 
 class JobCancelView(generics.GenericAPIView):
     @extend_schema(request=None, responses=JobOutput, tags=["jobs"])
     def post(self, request: Request, job_id: int) -> Response:
-        job, access = selectors.job_get_for_user(user=request.user, job_id=job_id)
-        job = jobs.job_cancel(actor=request.user, job=job, access=access)
+        job, access = selectors.job_get_for_user(user=caller(request), job_id=job_id)
+        job = jobs.job_cancel(actor=caller(request), job=job, access=access)
         return Response(JobOutput(job).data)
 
 
@@ -357,4 +370,4 @@ class JobErrorListView(ListView):
 
     @extend_schema(responses=JobErrorOutput(many=True), tags=["jobs"])
     def get(self, request: Request, job_id: int) -> Response:
-        return self.list_response(selectors.job_error_list_for_user(user=request.user, job_id=job_id))
+        return self.list_response(selectors.job_error_list_for_user(user=caller(request), job_id=job_id))

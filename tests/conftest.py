@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from projects.access import ORG_ADMIN
@@ -21,7 +21,7 @@ from tests.factories import (
 )
 
 
-def client_for(user: AbstractBaseUser | None) -> APIClient:
+def client_for(user: User | None) -> APIClient:
     """An API client authenticated the way scripts are: with a personal token."""
     client = APIClient()
     if user is not None:
@@ -42,7 +42,7 @@ class World:
     project: Project
     other_org: Organization
     other_project: Project
-    users: dict[str, AbstractBaseUser]
+    users: dict[str, User]
 
     def client(self, who: str) -> APIClient:
         return client_for(self.users[who])
@@ -65,7 +65,7 @@ def world(db: Any) -> World:
     project = ProjectFactory(organization=org, name="Street scenes")
     other_org = OrganizationFactory(slug="rival")
     other_project = ProjectFactory(organization=other_org, name="Rival project")
-    users: dict[str, AbstractBaseUser] = {}
+    users: dict[str, User] = {}
     for role in (OrgRole.OWNER, OrgRole.ADMIN, OrgRole.MEMBER):
         users[role] = UserFactory(username=role)
         MembershipFactory(organization=org, user=users[role], role=role)
