@@ -325,7 +325,9 @@ class ProjectStatsView(generics.GenericAPIView):
 class ProjectStatsRecountView(generics.GenericAPIView):
     @extend_schema(request=StatsRecountInput, responses={202: JobOutput}, tags=["projects", "jobs"])
     def post(self, request: Request, project_id: int) -> Response:
-        access = project_access(user=caller(request), project_id=project_id).require(ProjectAction.STATS_RECOUNT)
+        access = project_access(user=caller(request), project_id=project_id).require(
+            ProjectAction.STATS_RECOUNT
+        )
         job = jobs.job_start(
             kind="project.stats_recount",
             actor=caller(request),

@@ -7,7 +7,6 @@ and issues a new token.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,10 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from projects import services
+from projects.credentials import read_credentials, write_credentials
 from projects.models import ApiToken
 
 ADMIN_USERNAME = "admin"
-
-
-def read_credentials(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def write_credentials(path: Path, values: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.writelines(f"{key}={value}\n" for key, value in values.items())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 class Command(BaseCommand):

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from bench import Figure, startup
+
+SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
+    "startup": startup.run,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Run one benchmark scenario.")
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument(
+        "--scale", choices=("small", "full"), default="small", help="small: quick check; full: repeated runs"
+    )
+    options = parser.parse_args(argv)
+    for figure in SCENARIOS[options.scenario](options.scale):
+        print(figure.line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
