@@ -80,8 +80,11 @@ def job_get_for_user(*, user: User, job_id: int) -> tuple[Job, ProjectAccess | N
     if job is None:
         raise NotFound("Job not found.", job_id=job_id)
     if job.project_id is None:
-        access = org_access(user=user, organization_id=job.organization_id)
-        if job.created_by_id != user.pk and access.role not in (OrgRole.OWNER, OrgRole.ADMIN):
+        try:
+            access = org_access(user=user, organization_id=job.organization_id)
+        except NotFound:
+            raise NotFound("Job not found.", job_id=job_id) from None  # say nothing of its organization
+        if job.created_by_id != user.pk and not access.can(OrgAction.JOBS_VIEW_ALL):
             raise NotFound("Job not found.", job_id=job_id)
         return job, None
     try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from projects.models import (
@@ -42,7 +44,7 @@ class MeOutput(serializers.Serializer):
 
 class UserCreateInput(serializers.Serializer):
     username = serializers.RegexField(r"^[\w.@+-]{1,150}$")
-    email = serializers.EmailField(required=False, allow_blank=True)
+    email = serializers.EmailField(required=False, allow_blank=True, max_length=254)
     password = serializers.CharField(
         required=False, allow_null=True, default=None, min_length=8, max_length=128
     )
@@ -52,6 +54,11 @@ class UserCreateInput(serializers.Serializer):
 class ApiTokenCreateInput(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+    def validate_expires_at(self, value: datetime | None) -> datetime | None:
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("expires_at must be in the future.")
+        return value
 
 
 class ApiTokenOutput(serializers.ModelSerializer):

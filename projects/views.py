@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import Serializer
 
 from projects import jobs, selectors, services
-from projects.access import OrgAction, ProjectAction, org_access, project_access
+from projects.access import OrgAction, ProjectAction, org_access, project_access, project_role
 from projects.exceptions import PermissionDenied
 from projects.filters import AuditEventFilter, JobFilter, ProjectFilter
 from projects.models import (
@@ -234,7 +234,8 @@ class ProjectListView(ListView):
         fields = parse(ProjectCreateInput, request)
         access = org_access(user=caller(request), organization_id=fields.pop("organization"))
         project = services.project_create(actor=caller(request), access=access, **fields)
-        body = ProjectDetailOutput(project, context={"role": "manager"}).data
+        role = project_role(user=caller(request), project=project)
+        body = ProjectDetailOutput(project, context={"role": role}).data
         return Response(body, status=status.HTTP_201_CREATED)
 
 

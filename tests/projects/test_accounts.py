@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from projects.models import ApiToken, AuditEvent
 from tests.conftest import World, assert_error, client_for
@@ -68,11 +70,20 @@ def test_a_user_cannot_see_or_revoke_another_users_token(world: World) -> None:
 def test_expired_tokens_are_refused(world: World) -> None:
     client = world.client("annotator")
     created = client.post(
-        "/api/v1/me/tokens", {"name": "old", "expires_at": "2001-01-01T00:00:00Z"}, format="json"
+        "/api/v1/me/tokens", {"name": "short-lived", "expires_at": "2999-01-01T00:00:00Z"}, format="json"
     ).json()
-    expired = client_for(None)
-    expired.credentials(HTTP_AUTHORIZATION=f"Token {created['token']}")
-    assert_error(expired.get("/api/v1/me"), 401)
+    short_lived = client_for(None)
+    short_lived.credentials(HTTP_AUTHORIZATION=f"Token {created['token']}")
+    assert short_lived.get("/api/v1/me").status_code == 200
+    ApiToken.objects.filter(id=created["id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert_error(short_lived.get("/api/v1/me"), 401, "authentication_failed")
+
+
+def test_a_token_cannot_be_created_already_expired(world: World) -> None:
+    response = world.client("annotator").post(
+        "/api/v1/me/tokens", {"name": "old", "expires_at": "2001-01-01T00:00:00Z"}, format="json"
+    )
+    assert "expires_at" in assert_error(response, 400, "invalid")["details"]["fields"]
 
 
 def test_only_instance_admins_create_users(world: World) -> None:
