@@ -1,4 +1,4 @@
-"""API plumbing shared by every app: the one error shape and cursor pagination."""
+"""The one error shape: every handled error becomes ``{"error": {"code", "message", "details"}}``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
-from rest_framework import exceptions, pagination, parsers
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -62,45 +62,3 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         message = str(exc.detail)
     response.data = error_body(code, message, details)
     return response
-
-
-def _has_nul(document: Any) -> bool:
-    """Whether any string (key or value) holds U+0000, iteratively: bodies can be deep."""
-    stack = [document]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            if "\x00" in node:
-                return True
-        elif isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
-
-
-class JSONParser(parsers.JSONParser):
-    """DRF's parser, refusing what PostgreSQL could never store or Python cannot parse safely.
-
-    - nesting deep enough to exhaust the parser's recursion (``[[[[…``) is a 400, not a crash;
-    - U+0000 anywhere: PostgreSQL text and jsonb cannot hold it, so it would fail at write time.
-    """
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        try:
-            document = super().parse(stream, media_type, parser_context)
-        except RecursionError:
-            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
-        if _has_nul(document):
-            # Well-formed JSON, but content no field may hold.
-            raise exceptions.ValidationError({"non_field_errors": ["Strings may not contain U+0000."]})
-        return document
-
-
-class CursorPagination(pagination.CursorPagination):
-    """Cursor pagination on every list: stable under inserts and O(page) at any depth."""
-
-    ordering = "-id"
-    page_size_query_param = "page_size"
-    max_page_size = 500

@@ -49,7 +49,10 @@ def _up_serve_and_stop(home: Path, log: Path, started: list[psutil.Process], tok
     assert issued["LOUPE_URL"] == f"http://127.0.0.1:{port}"
     if token is not None:
         assert issued["LOUPE_TOKEN"] == token, "a second start must keep the first start's token"
-    status, body = http_get(port, "/api/v1/me", token=issued["LOUPE_TOKEN"])
+    try:
+        status, body = http_get(port, "/api/v1/me", token=issued["LOUPE_TOKEN"])
+    except OSError as error:
+        raise AssertionError(f"{error}; loupe up said:\n{log.read_text()[-4000:]}") from error
     assert status == 200, body
     assert json.loads(body)["username"] == "admin"
 
