@@ -29,7 +29,7 @@ def _probe_services() -> dict[str, str]:
     from django.conf import settings
 
     down: dict[str, str] = {}
-    db = settings.DATABASES["default"]
+    db = {key: str(value or "") for key, value in settings.DATABASES["default"].items() if key.isupper()}
     try:
         psycopg.connect(
             dbname="postgres", user=db["USER"], password=db["PASSWORD"], host=db["HOST"],
