@@ -4,10 +4,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import Figure, startup
+from bench import Figure, ingest, startup
 
 SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "startup": startup.run,
+    "ingest": ingest.run,
 }
 
 

@@ -30,6 +30,11 @@ def _configure(sender: Celery, **_: object) -> None:
             "schedule": float(settings.LOUPE_JOB_RECOVER_INTERVAL),
             "options": {"queue": "default", "expires": float(settings.LOUPE_JOB_RECOVER_INTERVAL)},
         },
+        "storage.store_sweep": {
+            "task": "storage.store_sweep",
+            "schedule": float(settings.LOUPE_SWEEP_INTERVAL_S),
+            "options": {"queue": "default", "expires": float(settings.LOUPE_SWEEP_INTERVAL_S)},
+        },
     }
 
 

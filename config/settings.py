@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -174,6 +175,28 @@ LOUPE_S3_REGION = env_str("LOUPE_S3_REGION", "us-east-1")
 LOUPE_S3_ADDRESSING = env_choice("LOUPE_S3_ADDRESSING", ("path", "virtual", "auto"), "auto")
 if LOUPE_STORAGE == "s3" and not LOUPE_S3_BUCKET:
     raise ImproperlyConfigured("LOUPE_STORAGE=s3 needs LOUPE_S3_BUCKET")
+LOUPE_URL_EXPIRES_S = env_int("LOUPE_URL_EXPIRES_S", 300, minimum=10, maximum=7 * 24 * 3600)
+
+# --- Ingest ----------------------------------------------------------------------------------------
+LOUPE_INGEST_MAX_FILE_BYTES = env_int("LOUPE_INGEST_MAX_FILE_BYTES", 5 * 1024**3, minimum=1024)
+LOUPE_UPLOAD_MAX_REQUEST_BYTES = env_int("LOUPE_UPLOAD_MAX_REQUEST_BYTES", 2 * 1024**3, minimum=1024)
+LOUPE_UPLOAD_MAX_FILES = env_int("LOUPE_UPLOAD_MAX_FILES", 1000, minimum=1)
+LOUPE_INGEST_CHUNK = env_int("LOUPE_INGEST_CHUNK", 32, minimum=1, maximum=1000)
+LOUPE_INGEST_THREADS = env_int("LOUPE_INGEST_THREADS", 4, minimum=1, maximum=64)
+# Objects no row references are deleted after this long (an ingest may be between its object and its
+# row); abandoned staging uploads too.
+LOUPE_SWEEP_GRACE_S = env_int("LOUPE_SWEEP_GRACE_S", 24 * 3600, minimum=60)
+LOUPE_SWEEP_INTERVAL_S = env_int("LOUPE_SWEEP_INTERVAL_S", 3600, minimum=60)
+LOUPE_ARCHIVE_MAX_ENTRIES = env_int("LOUPE_ARCHIVE_MAX_ENTRIES", 100_000, minimum=1)
+LOUPE_ARCHIVE_MAX_BYTES = env_int("LOUPE_ARCHIVE_MAX_BYTES", 20 * 1024**3, minimum=1024)
+LOUPE_URL_FETCH_TIMEOUT = env_int("LOUPE_URL_FETCH_TIMEOUT", 60, minimum=1)
+# Networks URL import may reach although they are not public (an internal data server). Empty:
+# only public addresses.
+LOUPE_URL_FETCH_ALLOWED_NETWORKS = env_list("LOUPE_URL_FETCH_ALLOWED_NETWORKS")
+# Uploads stream to temporary files, never into memory beyond this.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]
+DATA_UPLOAD_MAX_NUMBER_FILES = LOUPE_UPLOAD_MAX_FILES
 
 # --- API -----------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -5,11 +5,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health
 from config.api import error_body
+from storage import views as storage_views
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("api/v1/", include("projects.urls")),
+    path("api/v1/", include("storage.urls")),
+    path("objects/<str:token>", storage_views.object_download, name="object-download"),
+    path("objects/upload/<str:token>", storage_views.object_upload, name="object-upload"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),

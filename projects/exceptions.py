@@ -15,9 +15,12 @@ class DomainError(Exception):
     status_code = 400
     default_message = "The request cannot be carried out."
 
-    def __init__(self, message: str | None = None, **details: Any) -> None:
+    def __init__(self, message: str | None = None, *, code: str | None = None, **details: Any) -> None:
+        """``code`` names a variant of the class's code for families of errors (``archive_link``)."""
         self.message = message or self.default_message
         self.details = details
+        if code is not None:
+            self.code = code
         super().__init__(self.message)
 
 
