@@ -46,6 +46,11 @@ class PermissionDenied(DomainError):
     default_message = "You may see this object but not change it."
 
 
+class TooLarge(DomainError):
+    code, status_code = "too_large", 413
+    default_message = "The request is too large."
+
+
 class Conflict(DomainError):
     code, status_code = "conflict", 409
     default_message = "The object is not in a state that allows this."

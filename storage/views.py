@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import django_filters
+from django.conf import settings
 from django.core import signing
 from django.core.files.uploadedfile import UploadedFile
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
@@ -21,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.api import error_body
-from projects.exceptions import InvalidInput
+from projects.exceptions import InvalidInput, TooLarge
 from projects.serializers import JobOutput
 from projects.views import ListView, caller, parse
 from storage import selectors, services
@@ -148,6 +149,16 @@ class DuplicateListView(generics.GenericAPIView):
 # --- Ingest --------------------------------------------------------------------------------------
 
 
+def require_body_at_most(request: Request, limit: int) -> None:
+    """Refuse an upload by its declared length before a byte of it is parsed or stored."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise InvalidInput("Invalid Content-Length.") from None
+    if declared > limit:
+        raise TooLarge(f"This request may carry at most {limit} bytes.", max_bytes=limit)
+
+
 def _job_accepted(job: Any) -> Response:
     return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -167,6 +178,7 @@ class UploadView(generics.GenericAPIView):
     )  # fmt: skip
     def post(self, request: Request, dataset_id: int) -> Response:
         access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
+        require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
         uploads: list[UploadedFile] = request.FILES.getlist("files")
         names = _parse_paths_field(request.POST.get("paths"), uploads)
         meta_by_name = _parse_meta_field(request.POST.get("meta"))
@@ -249,6 +261,7 @@ class ManifestImportView(generics.GenericAPIView):
     )  # fmt: skip
     def post(self, request: Request, dataset_id: int) -> Response:
         access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
+        require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
         manifest = request.FILES.get("manifest")
         if manifest is None:
             raise InvalidInput("Send the manifest file as 'manifest'.", field="manifest")
@@ -289,6 +302,7 @@ class ArchiveImportView(generics.GenericAPIView):
     )  # fmt: skip
     def post(self, request: Request, dataset_id: int) -> Response:
         access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
+        require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
         archive = request.FILES.get("archive")
         if archive is None:
             raise InvalidInput("Send the archive file as 'archive'.", field="archive")

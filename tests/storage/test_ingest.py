@@ -337,3 +337,19 @@ def test_a_bad_manifest_is_refused_whole(world: World, dataset: dict[str, Any], 
     )
     assert_error(response, 400)
     assert not Job.objects.filter(kind="storage.ingest").exists()
+
+
+@pytest.mark.parametrize("endpoint,field", [("uploads", "files"), ("imports/archive", "archive"),
+                                            ("imports/manifest", "manifest")])  # fmt: skip
+def test_an_upload_over_the_limit_is_a_413_and_writes_nothing(
+    world: World, dataset: dict[str, Any], settings: Any, objects_dir: Path, endpoint: str, field: str
+) -> None:
+    settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES = 10_000
+    response = world.client("manager").post(
+        f"/api/v1/datasets/{dataset['id']}/{endpoint}",
+        {field: SimpleUploadedFile("big.bin", b"x" * 20_000)},
+        format="multipart",
+    )
+    assert_error(response, 413, "too_large")
+    assert not Job.objects.filter(kind="storage.ingest").exists()
+    assert not (objects_dir / "staging").exists()
