@@ -30,7 +30,7 @@ from django.conf import settings
 
 from projects.jobs import ChunkError, ChunkOutcome, JobKind, Plan, register
 from projects.models import Job
-from storage.models import Blob, BucketObject, BucketSource, EntryState, IngestEntry, Item
+from storage.models import Blob, BucketObject, BucketSource, EntryState, IngestEntry, Item, ItemBlob
 from storage.objects import ObjectInfo, ObjectStore, iter_bucket, object_store, s3_client, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -52,21 +52,32 @@ class Rejected(Exception):
 
 
 @dataclass
+class PreparedFile:
+    """One stored file: its blob, what probing learnt, and its thumbnail blob if any."""
+
+    sha256: str
+    size: int
+    media_type: str
+    modality: str
+    meta: dict[str, Any]
+    phash: int | None = None
+    thumb_sha256: str = ""
+    thumb_size: int = 0
+    bucket_state: tuple[int, str, str, int] | None = None  # (source id, key, etag, size)
+
+
+@dataclass
 class Prepared:
     """What the slow part learnt about one entry, for the transaction to record."""
 
     entry_id: int
     name: str
     rejected: Rejected | None = None
-    sha256: str = ""
-    size: int = 0
-    media_type: str = ""
+    primary: PreparedFile | None = None
     modality: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
-    phash: int | None = None
-    thumb_sha256: str = ""
-    thumb_size: int = 0
-    bucket_state: tuple[int, str, str, int] | None = None  # (source id, key, etag, size)
+    # Multi-sensor frames: every part by role (the primary one included).
+    parts: dict[str, PreparedFile] = field(default_factory=dict)
 
 
 # --- Fetching an entry's bytes -----------------------------------------------------------------
@@ -81,10 +92,9 @@ class BucketReader:
 
 
 def _materialize(
-    entry: IngestEntry, dest: Path, readers: dict[int, BucketReader]
+    source: dict[str, Any], dest: Path, readers: dict[int, BucketReader]
 ) -> tuple[int, str, str, int] | None:
-    """Write the entry's bytes to ``dest``; for bucket entries return their (source, key, etag, size)."""
-    source = entry.source
+    """Write a source's bytes to ``dest``; for bucket keys return their (source, key, etag, size)."""
     kind = source.get("kind")
     if kind == "staged":
         object_store().download_to(source["key"], dest)
@@ -154,6 +164,39 @@ def _store_once(store: ObjectStore, key: str, path: Path, size: int, media_type:
     store.put_file(key, path, content_type=media_type)
 
 
+def _prepare_file(
+    source: dict[str, Any], expect: dict[str, Any], name: str, folder: Path, readers: dict[int, BucketReader]
+) -> PreparedFile:
+    """Fetch, verify, probe, thumbnail and store one file. Raises Rejected / ProbeError / OSError."""
+    from storage import media
+
+    store = object_store()
+    path = folder / "data"
+    bucket_state = _materialize(source, path, readers)
+    sha256, size = sha256_file(path)
+    if expect.get("size") is not None and expect["size"] != size:
+        raise Rejected("size_mismatch", f"expected {expect['size']} bytes, received {size}")
+    if expect.get("sha256") and expect["sha256"].lower() != sha256:
+        raise Rejected("checksum_mismatch", "the sha256 of the received bytes differs from the declared one")
+    if size > settings.LOUPE_INGEST_MAX_FILE_BYTES:
+        raise Rejected("too_large", f"{size} bytes exceeds the limit")
+    probe = media.probe_file(path, filename=name)
+    prepared = PreparedFile(
+        sha256=sha256, size=size, media_type=probe.media_type, modality=probe.modality, meta=probe.meta,
+        bucket_state=bucket_state,
+    )  # fmt: skip
+    if probe.modality == "image":
+        prepared.phash = media.image_phash(path)
+    _store_once(store, blob_key(sha256), path, size, probe.media_type)
+    thumbnail = media.make_thumbnail(path, probe, max_side=THUMBNAIL_MAX_SIDE)
+    if thumbnail is not None:
+        thumb_path = folder / "thumb.webp"
+        thumb_path.write_bytes(thumbnail)
+        prepared.thumb_sha256, prepared.thumb_size = sha256_file(thumb_path)
+        _store_once(store, blob_key(prepared.thumb_sha256), thumb_path, prepared.thumb_size, "image/webp")
+    return prepared
+
+
 def prepare_entry(entry: IngestEntry, readers: dict[int, BucketReader]) -> Prepared:
     """Fetch, verify, probe, thumbnail and store one entry's bytes. Never raises for a bad file.
 
@@ -163,45 +206,34 @@ def prepare_entry(entry: IngestEntry, readers: dict[int, BucketReader]) -> Prepa
     from storage import media
 
     prepared = Prepared(entry_id=entry.pk, name=entry.name)
-    store = object_store()
-    with _scratch() as folder:
-        path = folder / "data"
-        try:
-            prepared.bucket_state = _materialize(entry, path, readers)
-            prepared.sha256, prepared.size = sha256_file(path)
-            expected_size = entry.expect.get("size")
-            if expected_size is not None and expected_size != prepared.size:
-                raise Rejected("size_mismatch", f"expected {expected_size} bytes, received {prepared.size}")
-            expected_sha = entry.expect.get("sha256")
-            if expected_sha and expected_sha.lower() != prepared.sha256:
-                raise Rejected(
-                    "checksum_mismatch", "the sha256 of the received bytes differs from the declared one"
-                )
-            if prepared.size > settings.LOUPE_INGEST_MAX_FILE_BYTES:
-                raise Rejected("too_large", f"{prepared.size} bytes exceeds the limit")
-            probe = media.probe_file(path, filename=entry.name)
-            prepared.modality, prepared.media_type, prepared.meta = (
-                probe.modality,
-                probe.media_type,
-                probe.meta,
-            )
-            if probe.modality == "image":
-                prepared.phash = media.image_phash(path)
-            _store_once(store, blob_key(prepared.sha256), path, prepared.size, prepared.media_type)
-            thumbnail = media.make_thumbnail(path, probe, max_side=THUMBNAIL_MAX_SIDE)
-            if thumbnail is not None:
-                thumb_path = folder / "thumb.webp"
-                thumb_path.write_bytes(thumbnail)
-                prepared.thumb_sha256, prepared.thumb_size = sha256_file(thumb_path)
-                _store_once(
-                    store, blob_key(prepared.thumb_sha256), thumb_path, prepared.thumb_size, "image/webp"
-                )
-        except Rejected as exc:
-            prepared.rejected = exc
-        except media.ProbeError as exc:
-            prepared.rejected = Rejected(exc.code, str(exc))
-        except OSError as exc:
-            prepared.rejected = Rejected("unreadable", f"{type(exc).__name__}: {exc}")
+    role = ""
+    try:
+        if entry.source.get("kind") == "multi":
+            for role, part in entry.source["parts"].items():
+                with _scratch() as folder:
+                    prepared.parts[role] = _prepare_file(part, {}, f"{entry.name}/{role}", folder, readers)
+            role = ""
+            prepared.primary = prepared.parts[entry.source["primary"]]
+            prepared.modality = "multisensor"
+            prepared.meta = {
+                "primary": entry.source["primary"],
+                "parts": {
+                    r: {"modality": f.modality, "media_type": f.media_type, "sha256": f.sha256, **f.meta}
+                    for r, f in prepared.parts.items()
+                },
+            }
+        else:
+            with _scratch() as folder:
+                prepared.primary = _prepare_file(entry.source, entry.expect, entry.name, folder, readers)
+            prepared.modality, prepared.meta = prepared.primary.modality, prepared.primary.meta
+    except Rejected as exc:
+        prepared.rejected = exc
+    except media.ProbeError as exc:
+        prepared.rejected = Rejected(exc.code, str(exc))
+    except OSError as exc:
+        prepared.rejected = Rejected("unreadable", f"{type(exc).__name__}: {exc}")
+    if prepared.rejected is not None and role:
+        prepared.rejected.message = f"part {role!r}: {prepared.rejected.message}"
     return prepared
 
 
@@ -258,10 +290,11 @@ class Ingest(JobKind):
 
     def apply_chunk(self, job: Job, index: int, prepared: list[Prepared]) -> ChunkOutcome:
         dataset_id = job.params["dataset_id"]
-        good = [p for p in prepared if p.rejected is None]
+        good = [p for p in prepared if p.rejected is None and p.primary is not None]
+        files = [f for p in good for f in (p.parts.values() if p.parts else [p.primary]) if f is not None]
         blobs = _blobs_by_sha(
-            [(p.sha256, p.size, p.media_type) for p in good]
-            + [(p.thumb_sha256, p.thumb_size, "image/webp") for p in good if p.thumb_sha256]
+            [(f.sha256, f.size, f.media_type) for f in files]
+            + [(f.thumb_sha256, f.thumb_size, "image/webp") for f in files if f.thumb_sha256]
         )
         existing = {
             item.name: item
@@ -274,28 +307,21 @@ class Ingest(JobKind):
         counts = {"created": 0, "updated": 0, "unchanged": 0, "rejected": 0}
         for p in prepared:
             entry = entries[p.entry_id]
-            if p.rejected is not None:
+            if p.rejected is not None or p.primary is None:
+                rejected = p.rejected or Rejected("unreadable", "nothing was read")
                 entry.state, entry.error_code, entry.error_message = (
-                    EntryState.REJECTED,
-                    p.rejected.code,
-                    p.rejected.message,
-                )
-                errors.append(ChunkError(item=p.name, code=p.rejected.code, message=p.rejected.message))
+                    EntryState.REJECTED, rejected.code, rejected.message,
+                )  # fmt: skip
+                errors.append(ChunkError(item=p.name, code=rejected.code, message=rejected.message))
                 counts["rejected"] += 1
                 continue
-            fields = {
-                "modality": p.modality, "media_type": p.media_type, "size": p.size,
-                "meta": {**p.meta, **({"user": entry.user_meta} if entry.user_meta else {})},
-                "primary": blobs[p.sha256],
-                "thumbnail": blobs.get(p.thumb_sha256) if p.thumb_sha256 else None,
-                "phash": p.phash, "ingest_job": job,
-            }  # fmt: skip
+            fields = _item_fields(p, p.primary, blobs, entry, job)
             item = existing.get(p.name)
             if item is None:
                 item = Item(dataset_id=dataset_id, name=p.name, **fields)
                 to_create.append(item)
                 entry.state = EntryState.CREATED
-            elif item.primary_id == blobs[p.sha256].pk and item.meta == fields["meta"]:
+            elif item.primary_id == fields["primary"].pk and item.meta == fields["meta"]:
                 entry.state, entry.item = EntryState.UNCHANGED, item
             else:
                 for name, value in fields.items():
@@ -314,9 +340,17 @@ class Ingest(JobKind):
                 to_update,
                 ["modality", "media_type", "size", "meta", "primary", "thumbnail", "phash", "ingest_job"],
             )
+        _record_parts(
+            [
+                (entries[p.entry_id].item, p)
+                for p in good
+                if p.parts and entries[p.entry_id].state != EntryState.UNCHANGED
+            ],
+            blobs,
+        )
         IngestEntry.objects.bulk_update(entries.values(), ["state", "item", "error_code", "error_message"])
-        _record_bucket_state([p.bucket_state for p in good if p.bucket_state is not None])
-        duplicates = _exact_duplicates(dataset_id, [(p.name, p.sha256) for p in good])
+        _record_bucket_state([f.bucket_state for f in files if f.bucket_state is not None])
+        duplicates = _exact_duplicates(dataset_id, [(p.name, p.primary.sha256) for p in good if p.primary])
         return ChunkOutcome(
             items=len(prepared), errors=errors, result={**counts, "exact_duplicates": duplicates}
         )
@@ -344,6 +378,39 @@ class Ingest(JobKind):
             "exact_duplicates": [],
             **job.result,
         }
+
+
+def _item_fields(
+    p: Prepared, primary: PreparedFile, blobs: dict[str, Blob], entry: IngestEntry, job: Job
+) -> dict[str, Any]:
+    # A frame's thumbnail is its primary part's, else the first part that has one.
+    visual = (
+        primary if primary.thumb_sha256 else next((f for f in p.parts.values() if f.thumb_sha256), primary)
+    )
+    return {
+        "modality": p.modality,
+        "media_type": primary.media_type,
+        "size": sum(f.size for f in p.parts.values()) if p.parts else primary.size,
+        "meta": {**p.meta, **({"user": entry.user_meta} if entry.user_meta else {})},
+        "primary": blobs[primary.sha256],
+        "thumbnail": blobs.get(visual.thumb_sha256) if visual.thumb_sha256 else None,
+        "phash": primary.phash,
+        "ingest_job": job,
+    }
+
+
+def _record_parts(items: list[tuple[Item | None, Prepared]], blobs: dict[str, Blob]) -> None:
+    """The parts of multi-sensor frames, replacing what an earlier import recorded."""
+    items = [(item, p) for item, p in items if item is not None]
+    if not items:
+        return
+    ItemBlob.objects.filter(item__in=[item for item, _ in items]).delete()
+    ItemBlob.objects.bulk_create(
+        ItemBlob(item=item, blob=blobs[part.sha256], role=role, name=f"{item.name}/{role}",
+                 meta={"modality": part.modality, "media_type": part.media_type, **part.meta})
+        for item, p in items
+        for role, part in p.parts.items()
+    )  # fmt: skip
 
 
 def _exact_duplicates(dataset_id: int, named: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -17,13 +17,18 @@ MAX_GROUPS = 500
 
 def item_list_for_user(*, user: User, dataset_id: int) -> QuerySet[Item]:
     dataset_access(user=user, dataset_id=dataset_id)
-    return Item.objects.filter(dataset_id=dataset_id).select_related("primary", "thumbnail")
+    return (
+        Item.objects.filter(dataset_id=dataset_id)
+        .select_related("primary", "thumbnail")
+        .prefetch_related("parts__blob")
+    )
 
 
 def item_get_for_user(*, user: User, item_id: int) -> Item:
     item = (
         Item.objects.filter(id=item_id, dataset__in=dataset_list_for_user(user=user))
         .select_related("primary", "thumbnail")
+        .prefetch_related("parts__blob")
         .first()
     )
     if item is None:

@@ -37,8 +37,22 @@ class DatasetOutput(serializers.ModelSerializer):
         fields = ["id", "organization", "name", "description", "projects", "created_at"]
 
 
+class ItemPartOutput(serializers.Serializer):
+    role = serializers.CharField()
+    name = serializers.CharField()
+    sha256 = serializers.CharField(source="blob.sha256")
+    size = serializers.IntegerField(source="blob.size")
+    meta = serializers.DictField()
+    content_url = serializers.SerializerMethodField()
+
+    def get_content_url(self, part: Any) -> str:
+        url = object_store().url(part.blob.key, expires_s=settings.LOUPE_URL_EXPIRES_S, filename=part.role)
+        return _absolute(self, url)
+
+
 class ItemOutput(serializers.ModelSerializer):
     sha256 = serializers.CharField(source="primary.sha256")
+    parts = ItemPartOutput(many=True, read_only=True, help_text="Multi-sensor frames: every part by role.")
     content_url = serializers.SerializerMethodField(help_text="Short-lived URL of the item's bytes.")
     thumbnail_url = serializers.SerializerMethodField(
         help_text="Short-lived URL of a WebP thumbnail, if any."
@@ -48,7 +62,7 @@ class ItemOutput(serializers.ModelSerializer):
         model = Item
         fields = [
             "id", "dataset", "name", "modality", "media_type", "size", "sha256", "meta",
-            "content_url", "thumbnail_url", "created_at", "updated_at",
+            "content_url", "thumbnail_url", "parts", "created_at", "updated_at",
         ]  # fmt: skip
 
     def get_content_url(self, item: Item) -> str:
@@ -90,17 +104,47 @@ class UploadsCompleteInput(serializers.Serializer):
     uploads = serializers.ListField(child=UploadedInput(), min_length=1, max_length=10_000)
 
 
-class ManifestRow(serializers.Serializer):
+class PartRef(serializers.Serializer):
     key = serializers.CharField(max_length=1024, required=False)
     url = serializers.URLField(
         max_length=4096, required=False, validators=[URLValidator(schemes=["http", "https"])]
     )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("key" in attrs) == ("url" in attrs):
+            raise serializers.ValidationError("Each part names exactly one of key or url.")
+        return attrs
+
+
+class ManifestRow(serializers.Serializer):
+    """One item: a key or a URL, or a multi-sensor frame's ``parts`` (role → key or URL)."""
+
+    key = serializers.CharField(max_length=1024, required=False)
+    url = serializers.URLField(
+        max_length=4096, required=False, validators=[URLValidator(schemes=["http", "https"])]
+    )
+    parts = serializers.DictField(child=PartRef(), required=False, allow_empty=False)
+    primary = serializers.RegexField(r"^[A-Za-z0-9_.-]{1,64}$", required=False)
     name = serializers.CharField(max_length=1024, required=False)
     meta = serializers.DictField(required=False, default=dict)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if ("key" in attrs) == ("url" in attrs):
-            raise serializers.ValidationError("Each row names exactly one of key or url.")
+        given = [field for field in ("key", "url", "parts") if field in attrs]
+        if len(given) != 1:
+            raise serializers.ValidationError("Each row names exactly one of key, url or parts.")
+        if "parts" in attrs:
+            if "name" not in attrs:
+                raise serializers.ValidationError({"name": "A multi-sensor frame needs a name."})
+            roles = list(attrs["parts"])
+            if len(roles) > 64:
+                raise serializers.ValidationError({"parts": "At most 64 parts."})
+            if any(not role or "/" in role or len(role) > 64 for role in roles):
+                raise serializers.ValidationError({"parts": "Roles are short names without '/'."})
+            attrs.setdefault("primary", roles[0])
+            if attrs["primary"] not in attrs["parts"]:
+                raise serializers.ValidationError({"primary": "Must be one of the parts' roles."})
+        elif "primary" in attrs:
+            raise serializers.ValidationError({"primary": "Only a row with parts has a primary part."})
         return attrs
 
 

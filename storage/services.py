@@ -234,10 +234,25 @@ def ingest_manifest(
             raise NotFound("Bucket source not found.", bucket_source=bucket_source_id)
     entries = []
     for row in records:
+        if "parts" in row:
+            parts = {}
+            for role, part in row["parts"].items():
+                if "key" in part and source is None:
+                    raise InvalidInput("Parts with a key need bucket_source.", field="bucket_source")
+                parts[role] = (
+                    {"kind": "bucket", "source": source.pk, "key": part["key"]}
+                    if "key" in part and source is not None
+                    else {"kind": "url", "url": part["url"]}
+                )
+            ref: dict[str, Any] = {"kind": "multi", "parts": parts, "primary": row["primary"]}
+            entries.append(
+                IngestEntry(name=_clean_name(row["name"]), source=ref, user_meta=row.get("meta") or {})
+            )
+            continue
         if "key" in row:
             if source is None:
                 raise InvalidInput("Rows with a key need bucket_source.", field="bucket_source")
-            ref: dict[str, Any] = {"kind": "bucket", "source": source.pk, "key": row["key"]}
+            ref = {"kind": "bucket", "source": source.pk, "key": row["key"]}
             default_name = row["key"]
         else:
             ref = {"kind": "url", "url": row["url"]}

@@ -7,11 +7,8 @@ worker runs; tests/projects/test_jobs_on_workers.py covers the worker side of th
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +17,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 from rest_framework.test import APIClient
 
-from projects import jobs
 from projects.models import Job, JobState
 from storage.models import Item
 from tests.conftest import World, assert_error
+from tests.storage.conftest import FileServer, manifest, run, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -42,43 +39,6 @@ def png(width: int = 32, height: int = 32) -> bytes:
     out = io.BytesIO()
     Image.new("L", (width, height), 128).save(out, "PNG")
     return out.getvalue()
-
-
-def run(job_id: int) -> dict[str, Any]:
-    """Run a job to the end like a worker would, and return it."""
-    while jobs.job_execute(job_id=job_id) == "sliced":
-        pass
-    return Job.objects.filter(id=job_id).values()[0]
-
-
-@pytest.fixture
-def objects_dir(settings: Any, tmp_path: Path) -> Path:
-    settings.LOUPE_STORAGE = "local"
-    settings.LOUPE_OBJECTS_DIR = tmp_path / "objects"
-    return settings.LOUPE_OBJECTS_DIR
-
-
-@pytest.fixture
-def dataset(world: World, objects_dir: Path) -> dict[str, Any]:
-    response = world.client("manager").post(
-        "/api/v1/datasets",
-        {"organization": world.org.id, "name": "Street photos", "projects": [world.project.id]},
-        format="json",
-    )
-    assert response.status_code == 201, response.content
-    return response.json()
-
-
-def upload(
-    client: APIClient, dataset_id: int, files: dict[str, bytes], meta: dict[str, Any] | None = None
-) -> Any:
-    payload: dict[str, Any] = {
-        "files": [SimpleUploadedFile(name, data) for name, data in files.items()],
-        "paths": json.dumps(list(files)),
-    }
-    if meta:
-        payload["meta"] = json.dumps(meta)
-    return client.post(f"/api/v1/datasets/{dataset_id}/uploads", payload, format="multipart")
 
 
 def test_a_manager_creates_a_dataset_linked_to_its_project(world: World, dataset: dict[str, Any]) -> None:
@@ -255,43 +215,8 @@ def test_a_forged_upload_id_is_refused_and_nothing_is_written(world: World, data
     assert not Job.objects.filter(kind="storage.ingest").exists()
 
 
-class _Files(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    hits: list[str] = []
-
-    def do_GET(self) -> None:
-        self.hits.append(self.path)
-        body = self.files.get(self.path)
-        self.send_response(200 if body is not None else 404)
-        self.send_header("Content-Length", str(len(body or b"")))
-        self.end_headers()
-        self.wfile.write(body or b"")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def file_server() -> Iterator[tuple[str, type[_Files]]]:
-    handler = type("Files", (_Files,), {"files": {}, "hits": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def manifest(client: APIClient, dataset_id: int, rows: list[dict[str, Any]], **extra: Any) -> Any:
-    body = "\n".join(json.dumps(row) for row in rows).encode()
-    url = f"/api/v1/datasets/{dataset_id}/imports/manifest"
-    return client.post(url, {"manifest": SimpleUploadedFile("m.jsonl", body), **extra}, format="multipart")
-
-
 def test_url_manifest_import_is_idempotent(
-    world: World, dataset: dict[str, Any], file_server: tuple[str, type[_Files]], settings: Any
+    world: World, dataset: dict[str, Any], file_server: tuple[str, type[FileServer]], settings: Any
 ) -> None:
     base, handler = file_server
     settings.LOUPE_URL_FETCH_ALLOWED_NETWORKS = [
@@ -308,7 +233,7 @@ def test_url_manifest_import_is_idempotent(
 
 
 def test_urls_to_private_addresses_are_refused_and_never_contacted(
-    world: World, dataset: dict[str, Any], file_server: tuple[str, type[_Files]]
+    world: World, dataset: dict[str, Any], file_server: tuple[str, type[FileServer]]
 ) -> None:
     base, handler = file_server  # listening on 127.0.0.1, which is not public
     handler.files["/secret"] = b"metadata credentials"

@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
 from tests.conftest import World, assert_error
-from tests.storage.test_ingest import dataset, objects_dir, run  # noqa: F401  (fixtures)
+from tests.storage.conftest import manifest, run
 from tests.storage.test_media import POINTS, write_dicom, write_pcd, write_tone, write_video
 
 pytestmark = pytest.mark.django_db
@@ -73,7 +73,7 @@ def check_items(world: World, dataset_id: int, expected: dict[str, bytes]) -> No
         assert thumb.format == "WEBP" and max(thumb.size) <= 256
 
 
-def test_every_modality_by_direct_upload(world: World, dataset: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+def test_every_modality_by_direct_upload(world: World, dataset: dict[str, Any], tmp_path: Path) -> None:
     files = mixed_folder(tmp_path)
     response = world.client("manager").post(
         f"/api/v1/datasets/{dataset['id']}/uploads",
@@ -88,7 +88,7 @@ def test_every_modality_by_direct_upload(world: World, dataset: dict[str, Any], 
     check_items(world, dataset["id"], files)
 
 
-def test_every_modality_by_archive(world: World, dataset: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+def test_every_modality_by_archive(world: World, dataset: dict[str, Any], tmp_path: Path) -> None:
     files = mixed_folder(tmp_path)
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -107,8 +107,8 @@ def test_every_modality_by_archive(world: World, dataset: dict[str, Any], tmp_pa
 
 def test_a_hostile_archive_is_refused_with_its_reason_and_nothing_is_written(
     world: World,
-    dataset: dict[str, Any],  # noqa: F811
-    objects_dir: Path,  # noqa: F811
+    dataset: dict[str, Any],
+    objects_dir: Path,
 ) -> None:
     packed = io.BytesIO()
     with zipfile.ZipFile(packed, "w") as archive:
@@ -122,7 +122,7 @@ def test_a_hostile_archive_is_refused_with_its_reason_and_nothing_is_written(
     assert not (objects_dir / "staging").exists()
 
 
-def test_a_decompression_bomb_is_rejected_with_its_reason(world: World, dataset: dict[str, Any]) -> None:  # noqa: F811
+def test_a_decompression_bomb_is_rejected_with_its_reason(world: World, dataset: dict[str, Any]) -> None:
     bomb = io.BytesIO()
     Image.new("1", (30_000, 30_000)).save(bomb, "PNG")  # 900 megapixels in a small file
     response = world.client("manager").post(
@@ -134,3 +134,81 @@ def test_a_decompression_bomb_is_rejected_with_its_reason(world: World, dataset:
     errors = world.client("manager").get(f"/api/v1/jobs/{job['id']}/errors").json()["results"]
     assert [(e["item"], e["code"]) for e in errors] == [("bomb.png", "decompression_bomb")]
     assert job["result"]["created"] == 0
+
+
+def test_a_multi_sensor_frame_is_one_item_with_its_parts(
+    world: World,
+    dataset: dict[str, Any],
+    file_server: Any,
+    settings: Any,
+    tmp_path: Path,
+) -> None:
+    base, handler = file_server
+    settings.LOUPE_URL_FETCH_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    camera = io.BytesIO()
+    Image.new("RGB", (640, 360), (90, 90, 30)).save(camera, "JPEG")
+    handler.files.update({
+        "/f1/lidar.pcd": write_pcd(tmp_path / "f1.pcd", POINTS, data="ascii").read_bytes(),
+        "/f1/front.jpg": camera.getvalue(),
+        "/f1/calib.txt": b"P0: 721.5 0 609.5 0 0 721.5 172.8 0 0 0 1 0\n",
+    })  # fmt: skip
+    row = {
+        "name": "drive-7/frame-0001",
+        "parts": {"lidar": {"url": f"{base}/f1/lidar.pcd"}, "cam_front": {"url": f"{base}/f1/front.jpg"},
+                  "calib": {"url": f"{base}/f1/calib.txt"}},
+        "primary": "lidar",
+        "meta": {"weather": "fog"},
+    }  # fmt: skip
+    job = run(manifest(world.client("manager"), dataset["id"], [row]).json()["id"])
+    assert (job["result"]["created"], job["error_count"]) == (1, 0)
+    [item] = world.client("reviewer").get(f"/api/v1/datasets/{dataset['id']}/items").json()["results"]
+    assert item["name"] == "drive-7/frame-0001" and item["modality"] == "multisensor"
+    assert item["meta"]["primary"] == "lidar" and item["meta"]["user"] == {"weather": "fog"}
+    assert {r: p["modality"] for r, p in item["meta"]["parts"].items()} == {
+        "lidar": "pointcloud", "cam_front": "image", "calib": "text",
+    }  # fmt: skip
+    assert item["meta"]["parts"]["lidar"]["points"] == len(POINTS)
+    assert {p["role"] for p in item["parts"]} == {"lidar", "cam_front", "calib"}
+    front = next(p for p in item["parts"] if p["role"] == "cam_front")
+    content = world.client("reviewer").get(front["content_url"])
+    assert b"".join(content.streaming_content) == camera.getvalue()
+    assert item["thumbnail_url"] is not None  # the camera's, since a point cloud has none
+
+    again = run(manifest(world.client("manager"), dataset["id"], [row]).json()["id"])
+    assert again["result"]["unchanged"] == 1
+
+
+def test_a_frame_with_a_broken_part_is_rejected_whole_naming_the_part(
+    world: World,
+    dataset: dict[str, Any],
+    file_server: Any,
+    settings: Any,
+) -> None:
+    base, handler = file_server
+    settings.LOUPE_URL_FETCH_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    handler.files.update({"/ok.txt": b"fine", "/bad.jpg": b"\xff\xd8\xff\xe0 not a jpeg"})
+    row = {
+        "name": "frame-2",
+        "parts": {"calib": {"url": f"{base}/ok.txt"}, "cam": {"url": f"{base}/bad.jpg"}},
+    }
+    job = run(manifest(world.client("manager"), dataset["id"], [row]).json()["id"])
+    assert job["result"]["rejected"] == 1
+    [error] = world.client("manager").get(f"/api/v1/jobs/{job['id']}/errors").json()["results"]
+    assert error["item"] == "frame-2" and "'cam'" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"parts": {"a": {"url": "https://x.test/a"}}},  # no name
+        {"name": "f", "parts": {}},
+        {"name": "f", "parts": {"a": {"url": "https://x.test/a"}}, "primary": "b"},
+        {"name": "f", "parts": {"a/b": {"url": "https://x.test/a"}}},
+        {"name": "f", "parts": {"a": {"key": "k", "url": "https://x.test/a"}}},
+        {"url": "https://x.test/a", "primary": "a"},
+    ],
+)
+def test_malformed_frames_are_refused_whole(
+    world: World, dataset: dict[str, Any], row: dict[str, Any]
+) -> None:
+    assert_error(manifest(world.client("manager"), dataset["id"], [row]), 400)
