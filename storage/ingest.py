@@ -401,14 +401,14 @@ def _item_fields(
 
 def _record_parts(items: list[tuple[Item | None, Prepared]], blobs: dict[str, Blob]) -> None:
     """The parts of multi-sensor frames, replacing what an earlier import recorded."""
-    items = [(item, p) for item, p in items if item is not None]
-    if not items:
+    present: list[tuple[Item, Prepared]] = [(item, p) for item, p in items if item is not None]  # type: ignore[misc]
+    if not present:
         return
-    ItemBlob.objects.filter(item__in=[item for item, _ in items]).delete()
+    ItemBlob.objects.filter(item__in=[item for item, _ in present]).delete()
     ItemBlob.objects.bulk_create(
         ItemBlob(item=item, blob=blobs[part.sha256], role=role, name=f"{item.name}/{role}",
                  meta={"modality": part.modality, "media_type": part.media_type, **part.meta})
-        for item, p in items
+        for item, p in present
         for role, part in p.parts.items()
     )  # fmt: skip
 
