@@ -401,7 +401,7 @@ def _item_fields(
 
 def _record_parts(items: list[tuple[Item | None, Prepared]], blobs: dict[str, Blob]) -> None:
     """The parts of multi-sensor frames, replacing what an earlier import recorded."""
-    present: list[tuple[Item, Prepared]] = [(item, p) for item, p in items if item is not None]  # type: ignore[misc]
+    present: list[tuple[Item, Prepared]] = [(item, p) for item, p in items if item is not None]
     if not present:
         return
     ItemBlob.objects.filter(item__in=[item for item, _ in present]).delete()
