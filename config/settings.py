@@ -187,6 +187,9 @@ LOUPE_INGEST_THREADS = env_int("LOUPE_INGEST_THREADS", 4, minimum=1, maximum=64)
 # row); abandoned staging uploads too.
 LOUPE_SWEEP_GRACE_S = env_int("LOUPE_SWEEP_GRACE_S", 24 * 3600, minimum=60)
 LOUPE_SWEEP_INTERVAL_S = env_int("LOUPE_SWEEP_INTERVAL_S", 3600, minimum=60)
+# Presigned uploads above this size go to S3 in parts of LOUPE_MULTIPART_PART_BYTES (5 MiB at least).
+LOUPE_MULTIPART_UPLOAD_BYTES = env_int("LOUPE_MULTIPART_UPLOAD_BYTES", 100 * 1024**2, minimum=5 * 1024**2)
+LOUPE_MULTIPART_PART_BYTES = env_int("LOUPE_MULTIPART_PART_BYTES", 64 * 1024**2, minimum=5 * 1024**2)
 LOUPE_ARCHIVE_MAX_ENTRIES = env_int("LOUPE_ARCHIVE_MAX_ENTRIES", 100_000, minimum=1)
 LOUPE_ARCHIVE_MAX_BYTES = env_int("LOUPE_ARCHIVE_MAX_BYTES", 20 * 1024**3, minimum=1024)
 LOUPE_URL_FETCH_TIMEOUT = env_int("LOUPE_URL_FETCH_TIMEOUT", 60, minimum=1)

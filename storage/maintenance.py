@@ -17,7 +17,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from storage.models import Blob
-from storage.objects import ObjectInfo, object_store
+from storage.objects import ObjectInfo, S3ObjectStore, object_store
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class SweepReport:
     staging_deleted: int = 0
     missing_flagged: int = 0
     missing_cleared: int = 0
+    multipart_aborted: int = 0
 
 
 def store_sweep(*, grace_s: int | None = None) -> SweepReport:
@@ -56,6 +57,8 @@ def store_sweep(*, grace_s: int | None = None) -> SweepReport:
         if len(page) == PAGE:
             flush()
     flush()
+    if isinstance(store, S3ObjectStore):
+        report.multipart_aborted = store.multipart_abort_stale(older_than=cutoff)
     for info in store.iter_objects("staging/"):
         # Staged uploads live until their ingest job has copied them into blobs.
         if info.modified < cutoff:

@@ -314,6 +314,46 @@ class S3ObjectStore(ObjectStore):
         return UploadTarget(url=post["url"], fields=dict(post["fields"]), method="POST",
                             expires_at=time.time() + expires_s)  # fmt: skip
 
+    def multipart_start(
+        self, key: str, *, size: int, part_size: int, content_type: str, expires_s: int
+    ) -> tuple[str, list[str]]:
+        """A multipart upload for a large file: its id and a presigned PUT URL per part."""
+        started = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=safe_key(key), ContentType=content_type
+        )
+        upload_id = str(started["UploadId"])
+        count = max(1, -(-size // part_size))
+        urls = [
+            str(
+                self.client.generate_presigned_url(
+                    "upload_part",
+                    ExpiresIn=expires_s,
+                    Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number},
+                )
+            )
+            for number in range(1, count + 1)
+        ]
+        return upload_id, urls
+
+    def multipart_complete(self, key: str, *, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        """Join the parts the client uploaded; S3 refuses missing, small or mismatched parts."""
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=safe_key(key), UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": p["number"], "ETag": p["etag"]} for p in parts]},
+        )  # fmt: skip
+
+    def multipart_abort_stale(self, *, older_than: float) -> int:
+        """Abort multipart uploads started before ``older_than`` (abandoned by their clients)."""
+        aborted = 0
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < older_than:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
     def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         yield from iter_bucket(self.client, self.bucket, prefix)
 

@@ -94,8 +94,14 @@ class UploadTargetsInput(serializers.Serializer):
     files = serializers.ListField(child=UploadTargetRequest(), min_length=1, max_length=1000)
 
 
+class UploadedPartInput(serializers.Serializer):
+    number = serializers.IntegerField(min_value=1, max_value=10_000)
+    etag = serializers.CharField(max_length=200)
+
+
 class UploadedInput(serializers.Serializer):
     upload_id = serializers.CharField(max_length=2000)
+    parts = serializers.ListField(child=UploadedPartInput(), required=False, max_length=10_000)
     sha256 = serializers.RegexField(r"^[0-9a-fA-F]{64}$")
     meta = serializers.DictField(required=False, default=dict)
 
@@ -200,8 +206,13 @@ class UploadTargetOutput(serializers.Serializer):
     name = serializers.CharField()
     upload_id = serializers.CharField(help_text="Send back to uploads/complete with the file's sha256.")
     method = serializers.ChoiceField(
-        choices=["POST", "PUT"], help_text="POST: multipart form with fields; PUT: raw body"
+        choices=["POST", "PUT", "MULTIPART"],
+        help_text="POST: a form with form_fields; PUT: the raw body; MULTIPART: PUT each part to part_urls",
     )
+    part_size = serializers.IntegerField(
+        required=False, help_text="MULTIPART: bytes per part (the last is smaller)"
+    )
+    part_urls = serializers.ListField(child=serializers.CharField(), required=False)
     url = serializers.CharField()
     form_fields = serializers.DictField(
         child=serializers.CharField(),

@@ -8,6 +8,7 @@ request that failed are removed by the staging sweeper.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from projects.jobs import job_start
 from projects.models import Job, Membership, OrgRole, Project, ProjectMember, ProjectRole
 from storage.access import DatasetAccess
 from storage.models import BucketSource, Dataset, IngestEntry
-from storage.objects import UploadTarget, object_store, safe_key
+from storage.objects import S3ObjectStore, UploadTarget, object_store, safe_key
 
 UPLOAD_SALT = "loupe.upload"
 _DATASET_FIELDS = ("name", "description")
@@ -182,24 +183,42 @@ def upload_targets_issue(
         if spec["size"] > settings.LOUPE_INGEST_MAX_FILE_BYTES:
             raise InvalidInput("File too large.", name=name, max_bytes=settings.LOUPE_INGEST_MAX_FILE_BYTES)
         key = _staging_key(name)
+        ticket: dict[str, Any] = {"k": key, "d": access.dataset.pk, "n": name, "s": spec["size"]}
+        if isinstance(store, S3ObjectStore) and spec["size"] > settings.LOUPE_MULTIPART_UPLOAD_BYTES:
+            # Large files go in parts: each part a presigned PUT; the client sends back the ETags.
+            part_size = settings.LOUPE_MULTIPART_PART_BYTES
+            s3_upload, urls = store.multipart_start(
+                key, size=spec["size"], part_size=part_size, content_type=spec["content_type"],
+                expires_s=settings.LOUPE_URL_EXPIRES_S,
+            )  # fmt: skip
+            ticket["mp"] = s3_upload
+            issued.append({
+                "name": name, "upload_id": signing.dumps(ticket, salt=UPLOAD_SALT, compress=True),
+                "method": "MULTIPART", "url": "", "fields": {}, "part_size": part_size,
+                "part_urls": urls, "expires_at": time.time() + settings.LOUPE_URL_EXPIRES_S,
+            })  # fmt: skip
+            continue
         target: UploadTarget = store.upload_target(
             key,
             max_bytes=spec["size"],
             content_type=spec["content_type"],
             expires_s=settings.LOUPE_URL_EXPIRES_S,
         )
-        upload_id = signing.dumps(
-            {"k": key, "d": access.dataset.pk, "n": name, "s": spec["size"]}, salt=UPLOAD_SALT, compress=True
-        )
+        upload_id = signing.dumps(ticket, salt=UPLOAD_SALT, compress=True)
         issued.append({"name": name, "upload_id": upload_id, "method": target.method, "url": target.url,
                        "fields": target.fields, "expires_at": target.expires_at})  # fmt: skip
     return issued
 
 
 def ingest_uploaded(*, actor: User, access: DatasetAccess, uploads: list[dict[str, Any]]) -> Job:
-    """Completion of presigned uploads: each file is verified (size, sha256) by the ingest job."""
+    """Completion of presigned uploads: each file is verified (size, sha256) by the ingest job.
+
+    Multipart uploads are joined here first (network I/O, before any transaction); a part list
+    S3 refuses is a 400 and nothing is recorded.
+    """
     access.require_manage()
     entries = []
+    tickets = []
     for upload in uploads:
         try:
             ticket = signing.loads(upload["upload_id"], salt=UPLOAD_SALT, max_age=7 * 24 * 3600)
@@ -207,6 +226,22 @@ def ingest_uploaded(*, actor: User, access: DatasetAccess, uploads: list[dict[st
             raise InvalidInput("Unknown or expired upload_id.", field="upload_id") from None
         if ticket["d"] != access.dataset.pk:
             raise InvalidInput("This upload belongs to another dataset.", field="upload_id")
+        if ticket.get("mp") and not upload.get("parts"):
+            raise InvalidInput("A multipart upload needs its parts (number, etag).", field="parts")
+        tickets.append(ticket)
+    store = object_store()
+    for upload, ticket in zip(uploads, tickets, strict=True):
+        if ticket.get("mp") and isinstance(store, S3ObjectStore):
+            from botocore.exceptions import ClientError
+
+            try:
+                store.multipart_complete(ticket["k"], upload_id=ticket["mp"], parts=upload["parts"])
+            except ClientError as exc:
+                raise InvalidInput(
+                    "The store refused the parts of this upload.", field="parts", name=ticket["n"],
+                    reason=exc.response.get("Error", {}).get("Code", ""),
+                ) from None  # fmt: skip
+    for upload, ticket in zip(uploads, tickets, strict=True):
         entries.append(
             IngestEntry(
                 name=ticket["n"],

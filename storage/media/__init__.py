@@ -7,8 +7,9 @@ object to a temporary file and call, per file:
     thumbnail = make_thumbnail(path, probe)        # WebP bytes, or None (text, audio, points)
     phash = image_phash(path) if probe.modality == "image" else None
 
-Probing reads headers; decoding happens in make_thumbnail and image_phash, so a file damaged
-past its header (a truncated JPEG) is refused there, with the same ProbeError("corrupt").
+Probing reads headers (and one video frame); decoding happens in make_thumbnail and image_phash,
+so a file damaged past its header (a truncated JPEG) is refused there, with the same
+ProbeError("corrupt").
 
 The readers of each modality are imported when first needed: a web process that only sniffs
 uploads never loads FFmpeg, PDFium, pydicom or scipy.

@@ -56,7 +56,8 @@ class ProbeLimits:
     # Any single file. Uploads have their own limit; this one guards files that arrive by sync.
     max_bytes: int = 16 * 2**30
     # Width x height of an image, a video frame or a DICOM frame, read from the header before
-    # anything is decoded: 100 megapixels is a 400 MB RGBA buffer once decoded.
+    # anything is decoded: 100 megapixels is a 400 MB RGBA buffer once decoded. For images,
+    # Pillow's process-wide Image.MAX_IMAGE_PIXELS (89.5 MP unless changed) refuses too, if lower.
     max_image_pixels: int = 100_000_000
     # Files decoded line by line to count them: text, and ASCII point clouds.
     max_text_bytes: int = 256 * 2**20

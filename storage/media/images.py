@@ -37,8 +37,17 @@ from storage.media.base import (
 # including EPS, which runs Ghostscript on the file. (The JPEG opener also opens MPO files.)
 _FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 
-# What Pillow raises on damaged or truncated files (SyntaxError and struct.error are real cases).
-_PILLOW_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error)
+# What Pillow raises on damaged or truncated files (SyntaxError, IndexError and struct.error are
+# real cases: a GIF with a damaged palette raises IndexError).
+_PILLOW_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+)
 
 # EXIF orientation → the transpose that shows the image upright (what ImageOps.exif_transpose does).
 _UPRIGHT = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,18 @@ import numpy as np
 
 from storage.media.base import Probe, ProbeError, ProbeLimits, corrupt_on, finite_or_none, refuse_if_too_large
 
-_CHUNK_POINTS = 1 << 20
+_CHUNK_POINTS = 1 << 20  # 16-32 MB of binary records at a time
+_ASCII_BATCH_LINES = 100_000  # as Python strings, lines cost ~10x their bytes
 _PCD_TYPES = {("F", 4), ("F", 8), *((kind, size) for kind in "IU" for size in (1, 2, 4, 8))}
 _KITTI_FIELDS = ["x", "y", "z", "intensity"]
 KITTI_RECORD_BYTES = 16  # float32 x, y, z, reflectance
+# LAS public header: size, offset to the points and count of VLRs at byte 94; LAS 1.4 adds the
+# start and count of extended VLRs at byte 235 (ASPRS LAS 1.4 R15, table 4).
+_LAS_LAYOUT = struct.Struct("<HII")
+_LAS14_EVLRS = struct.Struct("<QI")
+_LAS_MIN_HEADER_BYTES, _LAS14_MIN_HEADER_BYTES = 227, 375
+_VLR_HEADER_BYTES, _EVLR_HEADER_BYTES = 54, 60
+_LAZ_CHUNK_TABLE_HEADER_BYTES = 8  # version and number of chunks
 _CORRUPT_PCD = "The PCD file is damaged: its header and its data do not agree."
 
 
@@ -62,7 +71,7 @@ def probe_pointcloud(path: Path, *, head: bytes, size: int, media_type: str, lim
     if media_type == "application/x-pcd":
         meta = _probe_pcd(path, head=head, size=size, limits=limits)
     elif media_type in ("application/vnd.las", "application/vnd.laszip"):
-        meta = _probe_las(path, size=size, compressed=media_type == "application/vnd.laszip")
+        meta = _probe_las(path, head=head, size=size, compressed=media_type == "application/vnd.laszip")
     else:
         meta = _probe_kitti(path, size=size)
     return Probe("pointcloud", media_type, meta)
@@ -146,7 +155,7 @@ def _pcd_ascii_xyz(path: Path, header: PcdHeader) -> Iterator[np.ndarray]:
     with path.open("rb") as raw:
         raw.seek(header.data_offset)
         lines = (line for line in io.TextIOWrapper(raw, encoding="ascii") if line.strip())
-        while batch := list(itertools.islice(lines, _CHUNK_POINTS)):
+        while batch := list(itertools.islice(lines, _ASCII_BATCH_LINES)):
             values = np.loadtxt(batch, dtype=np.float64, ndmin=2, comments=None)
             if values.shape[1] != numbers_per_line:
                 raise ProbeError("corrupt", _CORRUPT_PCD)
@@ -157,20 +166,18 @@ def _pcd_ascii_xyz(path: Path, header: PcdHeader) -> Iterator[np.ndarray]:
         raise ProbeError("corrupt", f"The PCD file declares {header.points} points but holds {seen}.")
 
 
-def _probe_las(path: Path, *, size: int, compressed: bool) -> dict[str, Any]:
+def _probe_las(path: Path, *, head: bytes, size: int, compressed: bool) -> dict[str, Any]:
     import laspy
 
+    check_las_layout(head, size)
     # lazrs raises RuntimeError subclasses on a damaged LAZ stream.
-    with (
-        corrupt_on((laspy.LaspyException, OSError, ValueError, RuntimeError), "The LAS/LAZ file is damaged."),
-        laspy.open(path) as reader,
-    ):
+    errors = (laspy.LaspyException, OSError, ValueError, RuntimeError, struct.error)
+    with corrupt_on(errors, "The LAS/LAZ file is damaged."), laspy.open(path) as reader:
         header = reader.header
         points = int(header.point_count)
-        if compressed and points:
-            # Decoding one point reads the chunk table at the end: a truncated LAZ fails here.
-            reader.read_points(1)
-    if not compressed and size < header.offset_to_point_data + points * header.point_format.size:
+    if compressed:
+        _check_laz_chunk_table(path, point_offset=header.offset_to_point_data, size=size)
+    elif size < header.offset_to_point_data + points * header.point_format.size:
         raise ProbeError("corrupt", "The LAS file is truncated: it holds fewer points than it declares.")
     bounds = None
     if points:
@@ -186,6 +193,44 @@ def _probe_las(path: Path, *, size: int, compressed: bool) -> dict[str, Any]:
         "fields": list(header.point_format.dimension_names),
         "bounds": bounds,
     }
+
+
+def check_las_layout(head: bytes, size: int) -> None:
+    """Refuse a LAS header whose counts point past the file, before laspy reads it.
+
+    laspy trusts the header: a forged count of variable-length records makes it build records
+    from nothing until memory runs out (tens of GB from a 300-byte file).
+    """
+    is_las14 = head[24:26] >= b"\x01\x04"  # version major, minor
+    if len(head) < (_LAS14_MIN_HEADER_BYTES if is_las14 else _LAS_MIN_HEADER_BYTES):
+        raise ProbeError("corrupt", "The LAS file is shorter than its header.")
+    header_size, point_offset, vlr_count = _LAS_LAYOUT.unpack_from(head, 94)
+    vlr_room = point_offset - header_size
+    evlr_start, evlr_count = _LAS14_EVLRS.unpack_from(head, 235) if is_las14 else (0, 0)
+    if (
+        not _LAS_MIN_HEADER_BYTES <= header_size <= point_offset <= size
+        or vlr_count * _VLR_HEADER_BYTES > vlr_room
+        or (evlr_count and (evlr_start > size or evlr_count * _EVLR_HEADER_BYTES > size - evlr_start))
+    ):
+        raise ProbeError("corrupt", "The LAS header points past the end of the file.")
+
+
+def _check_laz_chunk_table(path: Path, *, point_offset: int, size: int) -> None:
+    """A LAZ file ends with its chunk table; the 8 bytes before the points say where it starts.
+
+    Checking the offset catches truncation without decoding: lazrs trusts the sizes inside the
+    table and aborts the whole process (a Rust allocation failure, not an exception) when a
+    damaged one asks for gigabytes. So no point is decoded here, and whatever decodes LAZ
+    from uploads later must do it in a child process with a memory limit.
+    """
+    with path.open("rb") as file:
+        file.seek(point_offset)
+        (table_offset,) = struct.unpack("<q", file.read(8).ljust(8, b"\xff"))
+        if table_offset == -1:  # written as a stream: the offset is repeated in the last 8 bytes
+            file.seek(max(size - 8, 0))
+            (table_offset,) = struct.unpack("<q", file.read(8).ljust(8, b"\xff"))
+    if not point_offset + 8 <= table_offset <= size - _LAZ_CHUNK_TABLE_HEADER_BYTES:
+        raise ProbeError("corrupt", "The LAZ file is truncated: its chunk table is missing.")
 
 
 def _probe_kitti(path: Path, *, size: int) -> dict[str, Any]:

@@ -278,3 +278,49 @@ def test_an_upload_over_the_limit_is_a_413_and_writes_nothing(
     assert_error(response, 413, "too_large")
     assert not Job.objects.filter(kind="storage.ingest").exists()
     assert not (objects_dir / "staging").exists()
+
+
+def test_a_large_presigned_upload_goes_to_s3_in_parts(
+    world: World, s3_store: Any, settings: Any, seaweedfs: Any
+) -> None:
+    import requests
+
+    settings.LOUPE_MULTIPART_UPLOAD_BYTES = 6 * 1024 * 1024
+    settings.LOUPE_MULTIPART_PART_BYTES = 5 * 1024 * 1024
+    client = world.client("manager")
+    dataset = client.post(
+        "/api/v1/datasets", {"organization": world.org.id, "name": "big", "projects": [world.project.id]},
+        format="json",
+    ).json()  # fmt: skip
+    text = ("a long transcript line\n" * 600_000).encode()  # ~13 MiB: three parts
+    targets = client.post(
+        f"/api/v1/datasets/{dataset['id']}/upload-targets",
+        {"files": [{"name": "talk.txt", "size": len(text), "content_type": "text/plain"}]},
+        format="json",
+    ).json()["uploads"]
+    [target] = targets
+    assert target["method"] == "MULTIPART" and len(target["part_urls"]) == 3
+    size = target["part_size"]
+    parts = []
+    for number, url in enumerate(target["part_urls"], start=1):
+        answer = requests.put(url, data=text[(number - 1) * size : number * size], timeout=30)
+        assert answer.status_code == 200, answer.text
+        parts.append({"number": number, "etag": answer.headers["ETag"]})
+    digest = hashlib.sha256(text).hexdigest()
+    wrong = client.post(
+        f"/api/v1/datasets/{dataset['id']}/uploads/complete",
+        {"uploads": [{"upload_id": target["upload_id"], "sha256": digest,
+                      "parts": [*parts[:2], {"number": 3, "etag": '"0123456789abcdef0123456789abcdef"'}]}]},
+        format="json",
+    )  # fmt: skip
+    assert_error(wrong, 400)  # the store refuses a part it never received: nothing recorded
+    assert not Job.objects.filter(kind="storage.ingest").exists()
+    done = client.post(
+        f"/api/v1/datasets/{dataset['id']}/uploads/complete",
+        {"uploads": [{"upload_id": target["upload_id"], "sha256": digest, "parts": parts}]},
+        format="json",
+    )
+    job = run(done.json()["id"])
+    assert (job["result"]["created"], job["error_count"]) == (1, 0)
+    item = Item.objects.get(dataset_id=dataset["id"])
+    assert item.size == len(text) and item.primary.sha256 == digest
