@@ -33,6 +33,10 @@ from storage.media.base import (
     refuse_if_too_many_pixels,
 )
 
+# Pillow's bomb warning is always an error in Loupe, in every thread: set once for the process
+# (a catch_warnings() per call would save and restore global state that ingest threads share).
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
 # Only these plugins may open uploads: Pillow would otherwise try every format it knows,
 # including EPS, which runs Ghostscript on the file. (The JPEG opener also opens MPO files.)
 _FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
@@ -114,19 +118,13 @@ def phash_distance(a: int, b: int) -> int:
 
 @contextmanager
 def pillow_errors() -> Iterator[None]:
-    """Pillow's bomb warning and error become ProbeError("decompression_bomb"), damage "corrupt".
-
-    warnings.catch_warnings changes process state; Celery's prefork workers run one task per
-    process, so no other thread sees the filter.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            yield
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise ProbeError("decompression_bomb", "The image is too large to decode safely.") from exc
-        except _PILLOW_ERRORS as exc:
-            raise ProbeError("corrupt", "The image is damaged or truncated and cannot be decoded.") from exc
+    """Pillow's bomb warning and error become ProbeError("decompression_bomb"), damage "corrupt"."""
+    try:
+        yield
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ProbeError("decompression_bomb", "The image is too large to decode safely.") from exc
+    except _PILLOW_ERRORS as exc:
+        raise ProbeError("corrupt", "The image is damaged or truncated and cannot be decoded.") from exc
 
 
 def open_image(path: Path, limits: ProbeLimits) -> Image.Image:
