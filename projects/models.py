@@ -230,3 +230,25 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verb} {self.object_type}:{self.object_id}"
+
+
+class IdempotencyRecord(models.Model):
+    """The answer to a retried write: same caller + same Idempotency-Key → same response, once.
+
+    Claimed (status 0) before the write runs, so a concurrent retry cannot start it twice; filled
+    with the response after; released when the write failed, so the client may try again.
+    """
+
+    user = models.ForeignKey(django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)  # method and path the key was first used for
+    status = models.IntegerField(default=0)  # 0 while the first request is still running
+    body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_once")]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.key}"

@@ -17,6 +17,7 @@ from projects import jobs, selectors, services
 from projects.access import OrgAction, ProjectAction, org_access, project_access, project_role
 from projects.exceptions import PermissionDenied
 from projects.filters import AuditEventFilter, JobFilter, ProjectFilter
+from projects.idempotency import idempotency_parameter, idempotent
 from projects.models import (
     ApiToken,
     AuditEvent,
@@ -324,7 +325,13 @@ class ProjectStatsView(generics.GenericAPIView):
 
 
 class ProjectStatsRecountView(generics.GenericAPIView):
-    @extend_schema(request=StatsRecountInput, responses={202: JobOutput}, tags=["projects", "jobs"])
+    @extend_schema(
+        parameters=[idempotency_parameter()],
+        request=StatsRecountInput,
+        responses={202: JobOutput},
+        tags=["projects", "jobs"],
+    )
+    @idempotent
     def post(self, request: Request, project_id: int) -> Response:
         access = project_access(user=caller(request), project_id=project_id).require(
             ProjectAction.STATS_RECOUNT

@@ -23,6 +23,7 @@ from rest_framework.response import Response
 
 from config.api import error_body
 from projects.exceptions import InvalidInput, TooLarge
+from projects.idempotency import idempotency_parameter, idempotent
 from projects.serializers import JobOutput
 from projects.views import ListView, caller, parse
 from storage import selectors, services
@@ -169,6 +170,7 @@ class UploadView(generics.GenericAPIView):
     parser_classes = [MultiPartParser]
 
     @extend_schema(
+        parameters=[idempotency_parameter()],
         request={"multipart/form-data": {"type": "object", "properties": {
             "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
             "paths": {"type": "string", "description": "optional JSON list: the relative name of each file"},
@@ -176,6 +178,7 @@ class UploadView(generics.GenericAPIView):
         responses={202: JobOutput},
         tags=["ingest"],
     )  # fmt: skip
+    @idempotent
     def post(self, request: Request, dataset_id: int) -> Response:
         access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
         require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
@@ -240,7 +243,13 @@ class UploadTargetsView(generics.GenericAPIView):
 
 
 class UploadsCompleteView(generics.GenericAPIView):
-    @extend_schema(request=UploadsCompleteInput, responses={202: JobOutput}, tags=["ingest"])
+    @extend_schema(
+        parameters=[idempotency_parameter()],
+        request=UploadsCompleteInput,
+        responses={202: JobOutput},
+        tags=["ingest"],
+    )
+    @idempotent
     def post(self, request: Request, dataset_id: int) -> Response:
         access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
         uploads = parse(UploadsCompleteInput, request)["uploads"]
@@ -253,12 +262,14 @@ class ManifestImportView(generics.GenericAPIView):
     parser_classes = [MultiPartParser]
 
     @extend_schema(
+        parameters=[idempotency_parameter()],
         request={"multipart/form-data": {"type": "object", "properties": {
             "manifest": {"type": "string", "format": "binary"},
             "bucket_source": {"type": "integer"}}}},
         responses={202: JobOutput},
         tags=["ingest"],
     )  # fmt: skip
+    @idempotent
     def post(self, request: Request, dataset_id: int) -> Response:
         access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
         require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
@@ -295,11 +306,13 @@ class ArchiveImportView(generics.GenericAPIView):
     parser_classes = [MultiPartParser]
 
     @extend_schema(
+        parameters=[idempotency_parameter()],
         request={"multipart/form-data": {"type": "object", "properties": {
             "archive": {"type": "string", "format": "binary"}}}},
         responses={202: JobOutput},
         tags=["ingest"],
     )  # fmt: skip
+    @idempotent
     def post(self, request: Request, dataset_id: int) -> Response:
         access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
         require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
@@ -336,7 +349,10 @@ class BucketSourceListView(ListView):
 
 
 class BucketSyncView(generics.GenericAPIView):
-    @extend_schema(request=None, responses={202: JobOutput}, tags=["ingest"])
+    @extend_schema(
+        parameters=[idempotency_parameter()], request=None, responses={202: JobOutput}, tags=["ingest"]
+    )
+    @idempotent
     def post(self, request: Request, dataset_id: int, source_id: int) -> Response:
         access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
         return _job_accepted(

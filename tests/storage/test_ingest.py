@@ -324,3 +324,15 @@ def test_a_large_presigned_upload_goes_to_s3_in_parts(
     assert (job["result"]["created"], job["error_count"]) == (1, 0)
     item = Item.objects.get(dataset_id=dataset["id"])
     assert item.size == len(text) and item.primary.sha256 == digest
+
+
+def test_an_upload_retried_with_the_same_key_is_ingested_once(world: World, dataset: dict[str, Any]) -> None:
+    client = world.client("manager")
+    payload = {"files": [SimpleUploadedFile("a.jpg", jpeg())], "paths": json.dumps(["a.jpg"])}
+    first = client.post(f"/api/v1/datasets/{dataset['id']}/uploads", payload, format="multipart",
+                        HTTP_IDEMPOTENCY_KEY="upload-7")  # fmt: skip
+    payload = {"files": [SimpleUploadedFile("a.jpg", jpeg())], "paths": json.dumps(["a.jpg"])}
+    again = client.post(f"/api/v1/datasets/{dataset['id']}/uploads", payload, format="multipart",
+                        HTTP_IDEMPOTENCY_KEY="upload-7")  # fmt: skip
+    assert again["Idempotent-Replayed"] == "true" and again.json()["id"] == first.json()["id"]
+    assert Job.objects.filter(kind="storage.ingest").count() == 1
