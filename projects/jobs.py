@@ -92,6 +92,13 @@ class JobKind:
         """The final result, computed inside the transaction that marks the job succeeded."""
         return job.result
 
+    def after_chunk(self, job: Job, index: int, prepared: Any) -> None:
+        """Clean-up once a chunk has committed, outside any transaction. Must tolerate a crash
+        before it runs (the chunk will not run again): leave what it misses to a sweeper."""
+
+    def after_finish(self, job: Job) -> None:
+        """Clean-up once the job has succeeded, outside any transaction (same caveat)."""
+
 
 _REGISTRY: dict[str, JobKind] = {}
 
@@ -301,6 +308,7 @@ def _run_claimed(job: Job, kind: JobKind, token: str, on_chunk: Callable[[Job, i
             job.result = kind.merge_result(job.result, outcome.result)
             job.heartbeat_at = timezone.now()
             job.save(update_fields=["done", "chunks_done", "error_count", "result", "heartbeat_at"])
+        kind.after_chunk(job, index, prepared)
         if on_chunk is not None:
             on_chunk(job, index)
     with transaction.atomic():
@@ -309,6 +317,7 @@ def _run_claimed(job: Job, kind: JobKind, token: str, on_chunk: Callable[[Job, i
             _finish(job, JobState.CANCELLED)
             return "cancelled"
         _finish(job, JobState.SUCCEEDED, result=kind.finish(job))
+    kind.after_finish(job)
     return "succeeded"
 
 

@@ -355,6 +355,18 @@ class Ingest(JobKind):
             items=len(prepared), errors=errors, result={**counts, "exact_duplicates": duplicates}
         )
 
+    def after_chunk(self, job: Job, index: int, prepared: list[Prepared]) -> None:
+        # Staged uploads have served their purpose once their entries are recorded; the sweep
+        # removes any this misses (a worker dying right here).
+        store = object_store()
+        for entry in IngestEntry.objects.filter(id__in=[p.entry_id for p in prepared]).only("source"):
+            if entry.source.get("kind") == "staged":
+                store.delete(entry.source["key"])
+
+    def after_finish(self, job: Job) -> None:
+        if job.params.get("archive_key"):
+            object_store().delete(job.params["archive_key"])
+
     def merge_result(self, result: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
         merged = dict(result)
         for key in ("created", "updated", "unchanged", "rejected"):

@@ -336,3 +336,19 @@ def test_an_upload_retried_with_the_same_key_is_ingested_once(world: World, data
                         HTTP_IDEMPOTENCY_KEY="upload-7")  # fmt: skip
     assert again["Idempotent-Replayed"] == "true" and again.json()["id"] == first.json()["id"]
     assert Job.objects.filter(kind="storage.ingest").count() == 1
+
+
+def test_staged_uploads_are_removed_once_ingested(
+    world: World, dataset: dict[str, Any], objects_dir: Path
+) -> None:
+    job = run(
+        upload(world.client("manager"), dataset["id"], {"a.jpg": jpeg(), "b.txt": b"text"}).json()["id"]
+    )
+    assert job["result"]["created"] == 2
+    staged = (
+        [p for p in (objects_dir / "staging").rglob("*") if p.is_file()]
+        if (objects_dir / "staging").exists()
+        else []
+    )
+    assert staged == []
+    assert len([p for p in (objects_dir / "blobs").rglob("*") if p.is_file()]) >= 3  # 2 blobs + 1 thumbnail
