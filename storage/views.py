@@ -160,6 +160,21 @@ def require_body_at_most(request: Request, limit: int) -> None:
         raise TooLarge(f"This request may carry at most {limit} bytes.", max_bytes=limit)
 
 
+def _upload_path(upload: UploadedFile) -> Path:
+    """Django streamed the upload to a temporary file (FILE_UPLOAD_HANDLERS): use it in place."""
+    return Path(upload.temporary_file_path())  # type: ignore[attr-defined]
+
+
+def _managed_upload(request: Request, dataset_id: int, field: str) -> tuple[Any, UploadedFile]:
+    """Authorize an import, refuse it by size before parsing, and take its one file."""
+    access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
+    require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
+    upload = request.FILES.get(field)
+    if upload is None:
+        raise InvalidInput(f"Send the file as '{field}'.", field=field)
+    return access, upload
+
+
 def _job_accepted(job: Any) -> Response:
     return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -185,18 +200,14 @@ class UploadView(generics.GenericAPIView):
         uploads: list[UploadedFile] = request.FILES.getlist("files")
         names = _parse_paths_field(request.POST.get("paths"), uploads)
         meta_by_name = _parse_meta_field(request.POST.get("meta"))
-        staged = []
-        with tempfile.TemporaryDirectory(prefix="loupe-upload-") as folder:
-            for index, upload in enumerate(uploads):
-                path = Path(folder) / str(index)
-                with path.open("wb") as out:
-                    for chunk in upload.chunks():
-                        out.write(chunk)
-                staged.append(services.StagedFile(
-                    name=names[index], path=path, content_type=upload.content_type or "",
-                    meta=meta_by_name.get(names[index], {}),
-                ))  # fmt: skip
-            job = services.ingest_upload(actor=caller(request), access=access, files=staged)
+        staged = [
+            services.StagedFile(
+                name=names[index], path=_upload_path(upload), content_type=upload.content_type or "",
+                meta=meta_by_name.get(names[index], {}),
+            )
+            for index, upload in enumerate(uploads)
+        ]  # fmt: skip
+        job = services.ingest_upload(actor=caller(request), access=access, files=staged)
         return _job_accepted(job)
 
 
@@ -271,11 +282,7 @@ class ManifestImportView(generics.GenericAPIView):
     )  # fmt: skip
     @idempotent
     def post(self, request: Request, dataset_id: int) -> Response:
-        access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
-        require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
-        manifest = request.FILES.get("manifest")
-        if manifest is None:
-            raise InvalidInput("Send the manifest file as 'manifest'.", field="manifest")
+        access, manifest = _managed_upload(request, dataset_id, "manifest")
         records = manifest_parse(manifest, name=manifest.name or "", max_rows=MAX_MANIFEST_ROWS)
         rows = []
         errors: dict[str, Any] = {}
@@ -314,19 +321,10 @@ class ArchiveImportView(generics.GenericAPIView):
     )  # fmt: skip
     @idempotent
     def post(self, request: Request, dataset_id: int) -> Response:
-        access = dataset_access(user=caller(request), dataset_id=dataset_id).require_manage()
-        require_body_at_most(request, settings.LOUPE_UPLOAD_MAX_REQUEST_BYTES)
-        archive = request.FILES.get("archive")
-        if archive is None:
-            raise InvalidInput("Send the archive file as 'archive'.", field="archive")
-        with tempfile.TemporaryDirectory(prefix="loupe-archive-") as folder:
-            path = Path(folder) / "archive"
-            with path.open("wb") as out:
-                for chunk in archive.chunks():
-                    out.write(chunk)
-            job = services.ingest_archive(
-                actor=caller(request), access=access, path=path, filename=archive.name or ""
-            )
+        access, archive = _managed_upload(request, dataset_id, "archive")
+        job = services.ingest_archive(
+            actor=caller(request), access=access, path=_upload_path(archive), filename=archive.name or ""
+        )
         return _job_accepted(job)
 
 
