@@ -132,6 +132,7 @@ def run(scale: str) -> list[Figure]:
             "LOUPE_STORAGE": "s3", "LOUPE_S3_BUCKET": "loupe-store", "LOUPE_S3_ENDPOINT_URL": endpoint.url,
             "LOUPE_S3_ADDRESSING": "path", "AWS_ACCESS_KEY_ID": endpoint.access_key,
             "AWS_SECRET_ACCESS_KEY": endpoint.secret_key, "DJANGO_SETTINGS_MODULE": "config.settings",
+            "LOUPE_URL_FETCH_ALLOWED_NETWORKS": "127.0.0.1/32",
         })  # fmt: skip
         os.environ.update(env)
         import django

@@ -36,6 +36,7 @@ import re
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO, Literal, cast
@@ -181,6 +182,22 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
         return address.sixtofour
     if address in _NAT64_V6:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def endpoint_refusal(url: str, *, policy: FetchPolicy) -> str | None:
+    """Why the server may not connect to ``url``'s host (None when it may): the same address rule
+    as URL import, for endpoints other libraries connect to (S3 endpoints of bucket sources)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in policy.allowed_schemes or not parsed.hostname:
+        return "scheme_not_allowed" if parsed.hostname else "bad_url"
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        addresses = [ipaddress.ip_address(a) for a in policy.resolver(parsed.hostname, port)]
+    except (OSError, ValueError):
+        return "connection_failed"
+    if not addresses or not all(_address_allowed(a, policy) for a in addresses):
+        return "address_not_allowed"
     return None
 
 

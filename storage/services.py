@@ -332,9 +332,30 @@ def ingest_archive(*, actor: User, access: DatasetAccess, path: Path, filename: 
     )
 
 
-@transaction.atomic
+def bucket_endpoint_check(endpoint_url: str) -> None:
+    """An S3 endpoint a user names is a URL the workers will connect to: public addresses only,
+    unless the operator allowed the network (LOUPE_URL_FETCH_ALLOWED_NETWORKS). Checked when the
+    source is registered and again when each sync starts."""
+    if not endpoint_url:
+        return  # AWS itself, through boto3's own endpoint resolution
+    from storage.fetch import endpoint_refusal
+    from storage.ingest import url_fetch_policy
+
+    refusal = endpoint_refusal(endpoint_url, policy=url_fetch_policy())
+    if refusal is not None:
+        raise InvalidInput(
+            "The endpoint's address is not allowed.", code=f"endpoint_{refusal}", field="endpoint_url"
+        )
+
+
 def bucket_source_create(*, actor: User, access: DatasetAccess, **fields: Any) -> BucketSource:
     access.require_manage()
+    bucket_endpoint_check(fields.get("endpoint_url", ""))  # network I/O (DNS): before the transaction
+    with transaction.atomic():
+        return _bucket_source_record(actor=actor, access=access, fields=fields)
+
+
+def _bucket_source_record(*, actor: User, access: DatasetAccess, fields: dict[str, Any]) -> BucketSource:
     source = BucketSource.objects.create(dataset=access.dataset, **fields)
     audit_record(
         actor=actor, verb="bucket_source.create", obj=source, organization=access.dataset.organization,
@@ -346,8 +367,10 @@ def bucket_source_create(*, actor: User, access: DatasetAccess, **fields: Any) -
 def bucket_sync_start(*, actor: User, access: DatasetAccess, source_id: int) -> Job:
     """Start a sync: the job lists the bucket and brings in only new or changed keys."""
     access.require_manage()
-    if not BucketSource.objects.filter(id=source_id, dataset=access.dataset).exists():
+    source = BucketSource.objects.filter(id=source_id, dataset=access.dataset).first()
+    if source is None:
         raise NotFound("Bucket source not found.", bucket_source=source_id)
+    bucket_endpoint_check(source.endpoint_url)
     return _start_ingest(
         actor=actor, access=access, how="bucket_sync", entries=[],
         params={"discover": "bucket", "bucket_source_id": source_id},

@@ -37,6 +37,8 @@ def bucket(seaweedfs: S3Endpoint) -> tuple[Any, str]:
 def dataset_id(world: World, settings: Any, tmp_path: Path) -> int:
     settings.LOUPE_STORAGE = "local"
     settings.LOUPE_OBJECTS_DIR = tmp_path / "objects"
+    # The test S3 server listens on 127.0.0.1: an operator allows it, as for an in-house MinIO.
+    settings.LOUPE_URL_FETCH_ALLOWED_NETWORKS = ["127.0.0.1/32"]
     response = world.client("manager").post(
         "/api/v1/datasets", {"organization": world.org.id, "name": "Fleet", "projects": [world.project.id]},
         format="json",
@@ -119,3 +121,38 @@ def test_a_second_sync_of_an_unchanged_5k_bucket_adds_nothing_and_is_much_faster
 def test_an_unknown_source_is_a_404(world: World, dataset_id: int) -> None:
     response = world.client("manager").post(f"/api/v1/datasets/{dataset_id}/bucket-sources/999999/sync")
     assert_error(response, 404)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://169.254.169.254",
+        "http://10.1.2.3:9000",
+        "http://[::ffff:127.0.0.1]:6379",
+        "ftp://s3.example.test",
+    ],
+)
+def test_endpoints_on_private_addresses_are_refused(
+    world: World, dataset_id: int, settings: Any, endpoint: str
+) -> None:
+    settings.LOUPE_URL_FETCH_ALLOWED_NETWORKS = []
+    response = world.client("manager").post(
+        f"/api/v1/datasets/{dataset_id}/bucket-sources",
+        {"bucket": "b", "endpoint_url": endpoint},
+        format="json",
+    )
+    error = assert_error(response, 400)
+    assert error["code"].startswith("endpoint_")
+    assert not BucketSource.objects.exists()
+
+
+def test_a_sync_rechecks_its_endpoint(
+    world: World, dataset_id: int, seaweedfs: S3Endpoint, bucket: tuple[Any, str], settings: Any
+) -> None:
+    source = register(world, dataset_id, seaweedfs, bucket[1])
+    settings.LOUPE_URL_FETCH_ALLOWED_NETWORKS = []  # the operator withdrew the allowance
+    response = world.client("manager").post(
+        f"/api/v1/datasets/{dataset_id}/bucket-sources/{source['id']}/sync"
+    )
+    assert_error(response, 400, "endpoint_address_not_allowed")
+    assert not Job.objects.filter(kind="storage.ingest").exists()
