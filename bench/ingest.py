@@ -111,7 +111,7 @@ class _PeakRss:
 
 
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "ingest", "--concurrency", "1",
+    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "ingest", "--concurrency", "2",
                "--without-gossip", "--without-mingle", "--loglevel", "WARNING"]  # fmt: skip
     output = log.open("wb")
     worker = subprocess.Popen(command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT)

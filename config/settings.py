@@ -182,6 +182,8 @@ LOUPE_INGEST_MAX_FILE_BYTES = env_int("LOUPE_INGEST_MAX_FILE_BYTES", 5 * 1024**3
 LOUPE_UPLOAD_MAX_REQUEST_BYTES = env_int("LOUPE_UPLOAD_MAX_REQUEST_BYTES", 2 * 1024**3, minimum=1024)
 LOUPE_UPLOAD_MAX_FILES = env_int("LOUPE_UPLOAD_MAX_FILES", 1000, minimum=1)
 LOUPE_INGEST_CHUNK = env_int("LOUPE_INGEST_CHUNK", 32, minimum=1, maximum=1000)
+# Workers that may work on one ingest job at once (each leases chunks).
+LOUPE_INGEST_RUNNERS = env_int("LOUPE_INGEST_RUNNERS", 2, minimum=1, maximum=256)
 LOUPE_INGEST_THREADS = env_int("LOUPE_INGEST_THREADS", 4, minimum=1, maximum=64)
 # Objects no row references are deleted after this long (an ingest may be between its object and its
 # row); abandoned staging uploads too.

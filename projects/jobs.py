@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -36,7 +36,7 @@ from django.utils import timezone
 from projects.access import ProjectAccess, ProjectAction
 from projects.audit import audit_record
 from projects.exceptions import JobAlreadyRunning, JobFinished, PermissionDenied
-from projects.models import Job, JobChunk, JobError, JobState, Organization, Project
+from projects.models import ChunkState, Job, JobChunk, JobError, JobState, Organization, Project
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ class JobKind:
     queue: ClassVar[str] = "default"
     # At most one queued/running job of this kind per project.
     exclusive_per_project: ClassVar[bool] = False
+
+    def runners(self, job: Job) -> int:
+        """How many workers may work on one job of this kind at once (chunks are leased)."""
+        return 1
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         return params
@@ -121,7 +125,7 @@ def kind_for(name: str) -> JobKind:
 # --- Starting and cancelling -------------------------------------------------------------------
 
 
-def _enqueue_on_commit(job: Job) -> list[str]:
+def _enqueue_on_commit(job: Job, *, helper: bool = False) -> list[str]:
     """Send the job's message once the surrounding transaction commits.
 
     Returns the job's Celery task ids with the new one appended (the last few are kept, for
@@ -131,10 +135,8 @@ def _enqueue_on_commit(job: Job) -> list[str]:
 
     task_id = uuid.uuid4().hex
     queue = kind_for(job.kind).queue
-    job_id = job.pk
-    transaction.on_commit(
-        lambda: job_run.apply_async(kwargs={"job_id": job_id}, queue=queue, task_id=task_id)
-    )
+    kwargs: dict[str, Any] = {"job_id": job.pk, **({"helper": True} if helper else {})}
+    transaction.on_commit(lambda: job_run.apply_async(kwargs=kwargs, queue=queue, task_id=task_id))
     return [*job.celery_task_ids[-9:], task_id]
 
 
@@ -213,7 +215,11 @@ def _stale_before() -> Any:
 
 def _claim(job_id: int, token: str) -> bool:
     now = timezone.now()
-    claimable = Q(state=JobState.QUEUED) | Q(state=JobState.RUNNING, heartbeat_at__lt=_stale_before())
+    claimable = (
+        Q(state=JobState.QUEUED)
+        | Q(state=JobState.RUNNING, run_token="")  # handed back by its lead at the end of a slice
+        | Q(state=JobState.RUNNING, heartbeat_at__lt=_stale_before())
+    )
     return bool(
         Job.objects.filter(claimable, id=job_id, cancel_requested=False).update(
             state=JobState.RUNNING,
@@ -245,58 +251,98 @@ def _finish(job: Job, state: str, **fields: Any) -> None:
     job.save()
 
 
-def job_execute(*, job_id: int, on_chunk: Callable[[Job, int], None] | None = None) -> str:
-    """Work on a job for one slice. Returns what happened: for logs and tests."""
+def job_execute(
+    *, job_id: int, on_chunk: Callable[[Job, int], None] | None = None, helper: bool = False
+) -> str:
+    """Work on a job for one slice. Returns what happened: for logs and tests.
+
+    The lead runner claims the job (exclusively), plans it once, and enqueues helper runners when
+    the kind allows several; every runner then leases chunks one at a time.
+    """
     token = uuid.uuid4().hex
-    if not _claim(job_id, token):
-        _cancel_if_requested_while_idle(job_id)
-        return "not_claimed"
-    job = Job.objects.get(id=job_id)
+    if helper:
+        job = Job.objects.filter(
+            id=job_id, state=JobState.RUNNING, chunks_total__isnull=False, cancel_requested=False
+        ).first()
+        if job is None:
+            return "not_joined"
+    else:
+        if not _claim(job_id, token):
+            _cancel_if_requested_while_idle(job_id)
+            return "not_claimed"
+        job = Job.objects.get(id=job_id)
     kind = kind_for(job.kind)
     try:
-        return _run_claimed(job, kind, token, on_chunk)
+        return _run(job, kind, token, on_chunk, lead=not helper)
     except _LeaseLost:
+        # Give back at once what this runner still holds, rather than after its leases expire.
+        JobChunk.objects.filter(job_id=job_id, token=token, state=ChunkState.LEASED).delete()
         logger.warning("job %s: lease lost, another worker continues it", job_id)
         return "lease_lost"
     except Exception as exc:
         logger.exception("job %s (%s) failed", job_id, job.kind)
         with transaction.atomic():
-            try:
-                locked = _lock_owned(job_id, token)
-            except _LeaseLost:
-                return "lease_lost"
-            _finish(locked, JobState.FAILED, failure=f"{type(exc).__name__}: {exc}"[:2000])
+            locked = Job.objects.select_for_update().get(id=job_id)
+            JobChunk.objects.filter(job=locked, token=token, state=ChunkState.LEASED).delete()
+            if locked.state == JobState.RUNNING:
+                _finish(locked, JobState.FAILED, failure=f"{type(exc).__name__}: {exc}"[:2000])
         raise
 
 
-def _run_claimed(job: Job, kind: JobKind, token: str, on_chunk: Callable[[Job, int], None] | None) -> str:
+def _plan_and_call_helpers(job: Job, kind: JobKind, token: str) -> Job:
     if job.chunks_total is None:
         plan = kind.plan(job)
         with transaction.atomic():
             job = _lock_owned(job.pk, token)
             job.total, job.chunks_total = plan.total, plan.chunks
             job.save(update_fields=["total", "chunks_total"])
-    assert job.chunks_total is not None
-    finished = set(JobChunk.objects.filter(job_id=job.pk).values_list("index", flat=True))
-    deadline = time.monotonic() + settings.LOUPE_JOB_SLICE_SECONDS
-    for index in range(job.chunks_total):
-        if index in finished:
-            continue
-        if time.monotonic() > deadline:
-            with transaction.atomic():
-                job = _lock_owned(job.pk, token)
-                job.state, job.run_token, job.heartbeat_at = JobState.QUEUED, "", timezone.now()
-                job.celery_task_ids = _enqueue_on_commit(job)
-                job.save(update_fields=["state", "run_token", "heartbeat_at", "celery_task_ids"])
-            return "sliced"
-        prepared = kind.prepare_chunk(job, index)
+    helpers = min(kind.runners(job), job.chunks_total or 0) - 1
+    if helpers > 0:
         with transaction.atomic():
             job = _lock_owned(job.pk, token)
+            for _ in range(helpers):
+                job.celery_task_ids = _enqueue_on_commit(job, helper=True)
+            job.save(update_fields=["celery_task_ids"])
+    return job
+
+
+def _run(
+    job: Job, kind: JobKind, token: str, on_chunk: Callable[[Job, int], None] | None, *, lead: bool
+) -> str:
+    if lead:
+        job = _plan_and_call_helpers(job, kind, token)
+    assert job.chunks_total is not None
+    deadline = time.monotonic() + settings.LOUPE_JOB_SLICE_SECONDS
+    cursor = 0
+    while True:
+        if time.monotonic() > deadline:
+            if not lead:
+                return "sliced"  # the lead's next slice calls helpers again
+            # Hand the lead back (the job stays running, so helpers carry on) and queue its next slice.
+            with transaction.atomic():
+                job = _lock_owned(job.pk, token)
+                job.run_token, job.heartbeat_at = "", timezone.now()
+                job.celery_task_ids = _enqueue_on_commit(job)
+                job.save(update_fields=["run_token", "heartbeat_at", "celery_task_ids"])
+            return "sliced"
+        index = _lease_next_chunk(job, token, cursor)
+        if index is None:
+            break
+        cursor = index + 1
+        prepared = kind.prepare_chunk(job, index)
+        with transaction.atomic():
+            job = _lock_running(job.pk)
             if job.cancel_requested:
+                JobChunk.objects.filter(job=job, index=index, token=token, state=ChunkState.LEASED).delete()
                 _finish(job, JobState.CANCELLED)
                 return "cancelled"
             outcome = kind.apply_chunk(job, index, prepared)
-            JobChunk.objects.create(job=job, index=index, items=outcome.items)
+            # The chunk counts only if its lease is still ours: a runner presumed dead whose lease
+            # was taken over rolls back everything it applied here.
+            if not JobChunk.objects.filter(job=job, index=index, token=token, state=ChunkState.LEASED).update(
+                state=ChunkState.DONE, items=outcome.items, finished_at=timezone.now()
+            ):
+                raise _LeaseLost
             errors = outcome.errors[:MAX_ERRORS_PER_CHUNK]
             JobError.objects.bulk_create(
                 JobError(job=job, chunk_index=index, item=e.item[:500], code=e.code, message=e.message)
@@ -312,13 +358,67 @@ def _run_claimed(job: Job, kind: JobKind, token: str, on_chunk: Callable[[Job, i
         if on_chunk is not None:
             on_chunk(job, index)
     with transaction.atomic():
-        job = _lock_owned(job.pk, token)
+        job = Job.objects.select_for_update().get(id=job.pk)
+        if job.state != JobState.RUNNING:
+            return "finished"  # another runner committed the last chunk and closed the job
         if job.cancel_requested:
             _finish(job, JobState.CANCELLED)
             return "cancelled"
+        if JobChunk.objects.filter(job=job, state=ChunkState.DONE).count() < (job.chunks_total or 0):
+            return "waiting"  # other runners hold the last leases; whoever commits last finishes
         _finish(job, JobState.SUCCEEDED, result=kind.finish(job))
     kind.after_finish(job)
     return "succeeded"
+
+
+_LOOKAHEAD = 64
+
+
+def _lease_next_chunk(job: Job, token: str, cursor: int) -> int | None:
+    """Lease the next chunk nobody holds: one not started, or one whose runner's lease expired."""
+    assert job.chunks_total is not None
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.LOUPE_JOB_STALL_SECONDS)
+    start = cursor
+    while start < job.chunks_total:
+        end = min(start + _LOOKAHEAD, job.chunks_total)
+        taken = set(
+            JobChunk.objects.filter(job=job, index__gte=start, index__lt=end).values_list("index", flat=True)
+        )
+        for index in range(start, end):
+            if index not in taken and _insert_lease(job.pk, index, token, until):
+                return index
+        start = end
+    expired = (
+        JobChunk.objects.filter(job=job, state=ChunkState.LEASED, lease_until__lt=now)
+        .order_by("index")
+        .values_list("index", flat=True)
+    )
+    for index in expired[:_LOOKAHEAD]:
+        if JobChunk.objects.filter(job=job, index=index, state=ChunkState.LEASED, lease_until__lt=now).update(
+            token=token, lease_until=until
+        ):
+            return index
+    return None
+
+
+def _insert_lease(job_id: int, index: int, token: str, until: Any) -> bool:
+    """Claim a chunk no one has started; the unique (job, index) makes exactly one runner win."""
+    with connection.cursor() as cursor:
+        table = JobChunk._meta.db_table  # from the model, never from input; every value is a parameter
+        cursor.execute(
+            f'INSERT INTO "{table}" (job_id, "index", items, state, token, lease_until)'  # noqa: S608
+            ' VALUES (%s, %s, 0, %s, %s, %s) ON CONFLICT (job_id, "index") DO NOTHING RETURNING id',
+            [job_id, index, ChunkState.LEASED, token, until],
+        )
+        return cursor.fetchone() is not None
+
+
+def _lock_running(job_id: int) -> Job:
+    job = Job.objects.select_for_update().get(id=job_id)
+    if job.state != JobState.RUNNING:
+        raise _LeaseLost
+    return job
 
 
 def _cancel_if_requested_while_idle(job_id: int) -> None:

@@ -169,13 +169,25 @@ class Job(models.Model):
         return self.state not in self.ACTIVE_STATES
 
 
+class ChunkState(models.TextChoices):
+    LEASED = "leased", "Leased"
+    DONE = "done", "Done"
+
+
 class JobChunk(models.Model):
-    """One finished chunk of a job; the unique constraint is what makes a chunk run at most once."""
+    """One chunk of a job: leased by the runner working on it, then done.
+
+    The unique (job, index) makes exactly one runner win a chunk; the lease token fences a runner
+    presumed dead (its lease expired and was taken over) out of recording it.
+    """
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="chunks")
     index = models.IntegerField()
     items = models.IntegerField(default=0)
-    finished_at = models.DateTimeField(auto_now_add=True)
+    state = models.CharField(max_length=8, choices=ChunkState.choices, default=ChunkState.DONE)
+    token = models.CharField(max_length=32, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["job", "index"], name="job_chunk_once")]

@@ -8,9 +8,9 @@ from projects import jobs
 
 
 @shared_task(name="projects.job_run", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def job_run(*, job_id: int, **_: object) -> str:
+def job_run(*, job_id: int, helper: bool = False, **_: object) -> str:
     """Work on one job for a slice. Redelivery is safe: claims are exclusive, chunks run once."""
-    return jobs.job_execute(job_id=job_id)
+    return jobs.job_execute(job_id=job_id, helper=helper)
 
 
 @shared_task(name="projects.job_recover_stalled", ignore_result=True)

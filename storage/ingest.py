@@ -257,6 +257,9 @@ class Ingest(JobKind):
     name = "storage.ingest"
     queue = "ingest"
 
+    def runners(self, job: Job) -> int:
+        return int(settings.LOUPE_INGEST_RUNNERS)
+
     def plan(self, job: Job) -> Plan:
         discover = job.params.get("discover")
         if discover == "bucket":

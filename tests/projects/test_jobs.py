@@ -138,8 +138,9 @@ def test_a_long_job_hands_itself_back_to_the_queue_after_its_slice(
     with django_capture_on_commit_callbacks() as callbacks:
         assert jobs.job_execute(job_id=job.id) == "sliced"
     job.refresh_from_db()
-    assert job.state == JobState.QUEUED and job.run_token == ""
+    assert job.state == JobState.RUNNING and job.run_token == ""  # handed back, helpers go on
     assert len(callbacks) == 1  # the follow-up message, sent once this commits
+    assert jobs._claim(job.id, "next-slice")  # the next message takes the lead again
     assert len(job.celery_task_ids) == 2
 
 
@@ -226,3 +227,93 @@ def test_a_recount_started_through_the_api_is_queued_with_a_job_to_watch(
         f"/api/v1/projects/{world.project.id}/stats/recount", {}, format="json"
     )
     assert_error(again, 409, "job_already_running")
+
+
+# --- Several runners on one job --------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_runners(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ProjectStatsRecount, "runners", lambda self, job: 2)
+
+
+def test_two_runners_share_a_job_and_every_chunk_is_done_once(
+    world: World, two_runners: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    make_events(world, 200)
+    job = start_recount(world)
+    by_lead: list[int] = []
+    by_helper: list[int] = []
+
+    def helper_joins_after_the_first_chunk(_: Job, index: int) -> None:
+        by_lead.append(index)
+        if len(by_lead) == 1:  # a second worker picks up the helper message now
+            jobs.job_execute(job_id=job.id, helper=True, on_chunk=lambda _j, i: by_helper.append(i))
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        outcome = jobs.job_execute(job_id=job.id, on_chunk=helper_joins_after_the_first_chunk)
+    assert len(callbacks) == 1  # the lead asked for one helper
+    assert outcome == "finished"  # the helper committed the last chunk and closed the job
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED
+    assert by_lead == [0] and by_helper and set(by_helper).isdisjoint(by_lead)
+    assert sorted(by_lead + by_helper) == list(range(job.chunks_total or 0))
+    assert job.result["events_by_verb"] == expected_by_verb(world, job.params["last_id"])
+
+
+def test_a_helper_does_not_join_a_job_that_is_not_running(world: World) -> None:
+    job = start_recount(world)
+    assert jobs.job_execute(job_id=job.id, helper=True) == "not_joined"
+    assert Job.objects.get(id=job.id).state == JobState.QUEUED
+
+
+def test_a_chunk_whose_runner_died_is_leased_again_once_its_lease_expires(world: World) -> None:
+    make_events(world, 50)
+    job = start_recount(world)
+    jobs._claim(job.id, "lead")
+    job = jobs._plan_and_call_helpers(Job.objects.get(id=job.id), ProjectStatsRecount(), "lead")
+    JobChunk.objects.create(
+        job=job, index=0, state="leased", token="dead", lease_until=timezone.now() + timedelta(hours=1)
+    )
+    Job.objects.filter(id=job.id).update(run_token="")  # the lead handed back
+    assert jobs.job_execute(job_id=job.id) == "waiting"  # chunk 0 is still someone's
+    assert JobChunk.objects.get(job=job, index=0).token == "dead"
+    JobChunk.objects.filter(job=job, index=0).update(lease_until=timezone.now() - timedelta(seconds=1))
+    Job.objects.filter(id=job.id).update(run_token="")
+    assert jobs.job_execute(job_id=job.id) == "succeeded"
+    job.refresh_from_db()
+    assert job.result["events_by_verb"] == expected_by_verb(world, job.params["last_id"])
+    assert JobChunk.objects.filter(job=job, state="done").count() == job.chunks_total
+
+
+def test_a_runner_whose_lease_was_taken_over_records_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_events(world, 30)
+    job = start_recount(world)
+    real_prepare = ProjectStatsRecount.prepare_chunk
+
+    def slow_prepare(self: Any, job: Job, index: int) -> Any:
+        if index == 0:  # while this runner works, its lease expires and another takes chunk 0
+            JobChunk.objects.filter(job=job, index=0).update(token="someone-else")
+        return real_prepare(self, job, index)
+
+    monkeypatch.setattr(ProjectStatsRecount, "prepare_chunk", slow_prepare)
+    assert jobs.job_execute(job_id=job.id) == "lease_lost"
+    job.refresh_from_db()
+    assert (job.done, job.chunks_done, job.result) == (0, 0, {})
+    assert JobChunk.objects.get(job=job, index=0).token == "someone-else"
+
+
+def test_the_helper_message_asks_for_a_helper(
+    world: World, two_runners: None, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from projects.tasks import job_run
+
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(job_run, "apply_async", lambda **options: sent.append(options["kwargs"]))
+    make_events(world, 30)
+    job = start_recount(world)
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs.job_execute(job_id=job.id)
+    assert sent == [{"job_id": job.id, "helper": True}]

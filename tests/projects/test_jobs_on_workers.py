@@ -128,3 +128,39 @@ def test_a_job_survives_its_worker_being_killed_and_no_chunk_runs_twice(world: W
     assert job.attempts >= 2
     assert job.chunks_done == job.chunks_total
     assert_counted_exactly_once(world, job)
+
+
+def test_two_workers_share_one_big_job(world: World, tmp_path: Any) -> None:
+    """An ingest job leases its chunks to every worker that helps: both processes do real work."""
+    import json
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test import override_settings
+
+    from storage.models import Item
+
+    objects = tmp_path / "objects"
+    env = {"LOUPE_OBJECTS_DIR": str(objects), "LOUPE_STORAGE": "local", "LOUPE_INGEST_CHUNK": "5",
+           "LOUPE_INGEST_RUNNERS": "2"}  # fmt: skip
+    with override_settings(LOUPE_OBJECTS_DIR=objects, LOUPE_STORAGE="local"):
+        client = world.client("manager")
+        body = {"organization": world.org.id, "name": "notes", "projects": [world.project.id]}
+        dataset = client.post("/api/v1/datasets", body, format="json").json()
+        names = [f"notes/{i:03d}.txt" for i in range(600)]
+        with celery_worker(env=env) as first, celery_worker(env=env) as second:
+            response = client.post(
+                f"/api/v1/datasets/{dataset['id']}/uploads",
+                {"files": [SimpleUploadedFile(n.split("/")[1], f"note {n}".encode()) for n in names],
+                 "paths": json.dumps(names)},
+                format="multipart",
+            )  # fmt: skip
+            job_id = response.json()["id"]
+            wait_for(lambda: Job.objects.get(id=job_id).is_finished, 120, "the ingest to finish")
+            logs = "".join(first.log[-30:]) + "\n----\n" + "".join(second.log[-30:])
+    job = Job.objects.get(id=job_id)
+    assert job.state == JobState.SUCCEEDED and job.result["created"] == 600
+    assert Item.objects.filter(dataset_id=dataset["id"]).count() == 600
+    chunks = list(JobChunk.objects.filter(job=job).values_list("index", "token", "state"))
+    assert sorted(i for i, _, _ in chunks) == list(range(job.chunks_total or 0))  # each chunk once
+    assert {state for _, _, state in chunks} == {"done"}
+    assert len({token for _, token, _ in chunks}) >= 2, logs  # more than one runner did chunks
