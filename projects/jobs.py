@@ -19,6 +19,7 @@ How a job runs (projects.tasks.job_run calls job_execute):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -329,7 +330,8 @@ def _run(
         if index is None:
             break
         cursor = index + 1
-        prepared = kind.prepare_chunk(job, index)
+        with _LeaseKeeper(job.pk, index, token):
+            prepared = kind.prepare_chunk(job, index)
         with transaction.atomic():
             job = _lock_running(job.pk)
             if job.cancel_requested:
@@ -372,6 +374,41 @@ def _run(
 
 
 _LOOKAHEAD = 64
+
+
+class _LeaseKeeper:
+    """Renews a chunk's lease and its job's heartbeat while the chunk's slow part runs.
+
+    Without it a chunk slower than LOUPE_JOB_STALL_SECONDS (a few large files) would look dead:
+    its lease taken over, its job re-queued, and every retry fenced out the same way.
+    """
+
+    def __init__(self, job_id: int, index: int, token: str) -> None:
+        self.job_id, self.index, self.token = job_id, index, token
+        self.every = max(0.5, settings.LOUPE_JOB_STALL_SECONDS / 3)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}-{index}", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.every):
+                now = timezone.now()
+                renewed = JobChunk.objects.filter(
+                    job_id=self.job_id, index=self.index, token=self.token, state=ChunkState.LEASED
+                ).update(lease_until=now + timedelta(seconds=settings.LOUPE_JOB_STALL_SECONDS))
+                if not renewed:
+                    return  # taken over meanwhile: the apply will find out and roll back
+                Job.objects.filter(id=self.job_id, state=JobState.RUNNING).update(heartbeat_at=now)
+        finally:
+            connection.close()  # this thread's own database connection
 
 
 def _lease_next_chunk(job: Job, token: str, cursor: int) -> int | None:

@@ -317,3 +317,26 @@ def test_the_helper_message_asks_for_a_helper(
     with django_capture_on_commit_callbacks(execute=True):
         jobs.job_execute(job_id=job.id)
     assert sent == [{"job_id": job.id, "helper": True}]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunk_slower_than_the_stall_limit_keeps_its_lease_and_finishes(
+    world: World, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    settings.LOUPE_JOB_STALL_SECONDS = 1
+    make_events(world, 20)
+    job = start_recount(world, chunk_size=100)  # one chunk
+    real_prepare = ProjectStatsRecount.prepare_chunk
+    swept: list[list[int]] = []
+
+    def slow_prepare(self: Any, job: Job, index: int) -> Any:
+        time.sleep(2.5)  # longer than the stall limit: the lease keeper must renew
+        swept.append(jobs.job_recover_stalled())  # beat runs meanwhile
+        return real_prepare(self, job, index)
+
+    monkeypatch.setattr(ProjectStatsRecount, "prepare_chunk", slow_prepare)
+    assert jobs.job_execute(job_id=job.id) == "succeeded"
+    assert swept == [[]]  # the job never looked stalled
+    assert Job.objects.get(id=job.id).attempts == 1
