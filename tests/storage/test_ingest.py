@@ -352,3 +352,24 @@ def test_staged_uploads_are_removed_once_ingested(
     )
     assert staged == []
     assert len([p for p in (objects_dir / "blobs").rglob("*") if p.is_file()]) >= 3  # 2 blobs + 1 thumbnail
+
+
+def test_a_near_duplicate_search_that_runs_too_long_is_stopped_with_a_clear_error(
+    world: World, dataset: dict[str, Any], settings: Any
+) -> None:
+    from storage.models import Blob
+
+    blob = Blob.objects.create(sha256="0" * 64, size=1, media_type="image/png", key="blobs/00/00/" + "0" * 64)
+    Item.objects.bulk_create(
+        Item(dataset_id=dataset["id"], name=f"blank/{i}.png", modality="image", media_type="image/png",
+             primary=blob, phash=0)
+        for i in range(1000)
+    )  # fmt: skip
+    settings.LOUPE_DUPLICATES_TIMEOUT_MS = 1  # 1000 identical hashes: two million candidate pairs
+    response = world.client("manager").get(f"/api/v1/datasets/{dataset['id']}/duplicates?kind=near")
+    assert_error(response, 503, "query_timeout")
+    settings.LOUPE_DUPLICATES_TIMEOUT_MS = 60_000
+    groups = (
+        world.client("manager").get(f"/api/v1/datasets/{dataset['id']}/duplicates?kind=near").json()["groups"]
+    )
+    assert len(groups) == 500 and all(g["distance"] == 0 for g in groups)  # capped, not hung
