@@ -8,6 +8,13 @@ item_list_p95_ms            p95 of one item-list page (50 items, with presigned 
                             whole Django/DRF stack, at the dataset size of the scale, following
                             cursors from the first page to deep ones
 item_list_p50_ms            the same, median
+ingest_worker_cpu_ms_per_item   CPU the worker (all its processes) spent per item
+ingest_s3_cpu_ms_per_item       CPU the S3 server (SeaweedFS, on the same cores) spent per item
+ingest_db_cpu_ms_per_item       CPU PostgreSQL spent per item (every backend, so also other users')
+ingest_items_per_s_worker_cores items/s the worker's CPU cost allows on 2 cores of its own
+                                (2000 / worker ms per item): production runs S3 and PostgreSQL
+                                elsewhere, here all three share the same 2 cores
+ingest_goal_ratio               ingest_items_per_s / 300 (the goal)
 
 Scales: small = 1,000 JPEGs and 10,000 listed items; full = 10,000 JPEGs and 100,000 items (the
 issue's goal: ≥ 300 items/s on 2 cores, list p95 ≤ 50 ms).
@@ -86,6 +93,37 @@ def _database_env(home: Path) -> tuple[dict[str, str], Any]:
     return env, stop
 
 
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+class _CpuShare:
+    """CPU seconds spent by the worker tree, the S3 server and PostgreSQL between start and stop."""
+
+    def __init__(self, worker: int, s3: int) -> None:
+        self.groups = {"worker": lambda: _tree(worker), "s3": lambda: _tree(s3), "db": _postgres}
+        self.start = {name: _cpu_seconds(find()) for name, find in self.groups.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {name: _cpu_seconds(find()) - self.start[name] for name, find in self.groups.items()}
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _postgres() -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+
+
 class _PeakRss:
     """Samples a process tree's total RSS in a thread."""
 
@@ -153,6 +191,7 @@ def run(scale: str) -> list[Figure]:
         rss = _PeakRss(worker.pid)
         time.sleep(3)  # let the worker connect before the job is queued
         dataset, token = _setup_dataset(endpoint)
+        cpu = _CpuShare(worker.pid, weed.process.pid)
         from storage import services
         from storage.access import dataset_access
 
@@ -167,6 +206,7 @@ def run(scale: str) -> list[Figure]:
         )
         finished = _wait(job.pk, worker, home / "worker.log")
         peak = rss.stop()
+        spent = cpu.stop()
         elapsed = (finished.finished_at - finished.created_at).total_seconds()
         if finished.state != "succeeded" or finished.done != files or finished.error_count:
             raise RuntimeError(
@@ -174,8 +214,14 @@ def run(scale: str) -> list[Figure]:
                 f"{finished.error_count} errors, {finished.failure}"
             )
         p50, p95 = _list_latency(dataset, token, listed)
+        worker_ms = 1000 * spent["worker"] / files
         return [
             Figure("ingest_items_per_s", files / elapsed, "items/s"),
+            Figure("ingest_goal_ratio", files / elapsed / 300, "x"),
+            Figure("ingest_worker_cpu_ms_per_item", worker_ms, "ms"),
+            Figure("ingest_s3_cpu_ms_per_item", 1000 * spent["s3"] / files, "ms"),
+            Figure("ingest_db_cpu_ms_per_item", 1000 * spent["db"] / files, "ms"),
+            Figure("ingest_items_per_s_worker_cores", 2000 / worker_ms, "items/s"),
             Figure("ingest_worker_peak_rss_mib", peak / MIB, "MiB"),
             Figure("item_list_p50_ms", p50, "ms"),
             Figure("item_list_p95_ms", p95, "ms"),
