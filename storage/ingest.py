@@ -30,6 +30,7 @@ from django.conf import settings
 
 from projects.jobs import ChunkError, ChunkOutcome, JobKind, Plan, register
 from projects.models import Job
+from storage import hooks
 from storage.models import Blob, BucketObject, BucketSource, EntryState, IngestEntry, Item, ItemBlob
 from storage.objects import ObjectInfo, ObjectStore, iter_bucket, object_store, s3_client, sha256_file
 
@@ -333,6 +334,7 @@ class Ingest(JobKind):
                 entry.state, entry.item = EntryState.UPDATED, item
             counts[str(entry.state)] += 1
         created = Item.objects.bulk_create(to_create)
+        hooks.items_added(dataset_id, [item.pk for item in created])
         by_name = {item.name: item for item in created}
         for p in good:
             entry = entries[p.entry_id]

@@ -66,8 +66,7 @@ class ItemOutput(serializers.ModelSerializer):
         ]  # fmt: skip
 
     def get_content_url(self, item: Item) -> str:
-        return _absolute(self, object_store().url(item.primary.key, expires_s=settings.LOUPE_URL_EXPIRES_S,
-                                                  filename=item.name.rsplit("/", 1)[-1]))  # fmt: skip
+        return item_content_url(self.context.get("request"), item)
 
     def get_thumbnail_url(self, item: Item) -> str | None:
         if item.thumbnail is None:
@@ -76,8 +75,19 @@ class ItemOutput(serializers.ModelSerializer):
 
 
 def _absolute(serializer: serializers.Serializer, url: str) -> str:
-    request = serializer.context.get("request")
+    return _absolute_url(serializer.context.get("request"), url)
+
+
+def _absolute_url(request: Any, url: str) -> str:
     return request.build_absolute_uri(url) if request is not None and url.startswith("/") else url
+
+
+def item_content_url(request: Any, item: Item) -> str:
+    """A short-lived URL of the item's bytes: presigned (S3) or a signed link served by Loupe."""
+    url = object_store().url(
+        item.primary.key, expires_s=settings.LOUPE_URL_EXPIRES_S, filename=item.name.rsplit("/", 1)[-1]
+    )
+    return _absolute_url(request, url)
 
 
 class UploadMetaInput(serializers.Serializer):

@@ -24,6 +24,7 @@ from projects.audit import audit_record, diff_fields, snapshot
 from projects.exceptions import InvalidInput, NameTaken, NotFound, PermissionDenied
 from projects.jobs import job_start
 from projects.models import Job, Membership, OrgRole, Project, ProjectMember, ProjectRole
+from storage import hooks
 from storage.access import DatasetAccess
 from storage.models import BucketSource, Dataset, IngestEntry
 from storage.objects import S3ObjectStore, UploadTarget, object_store, safe_key
@@ -67,6 +68,7 @@ def dataset_create(
     except IntegrityError:
         raise NameTaken("A dataset with this name exists in the organization.", field="name") from None
     dataset.projects.set(linked)
+    hooks.items_added(dataset.pk)
     audit_record(
         actor=actor, verb="dataset.create", obj=dataset, organization=access.organization,
         changes={**snapshot(dataset, _DATASET_FIELDS), "projects": sorted(p.pk for p in linked)},
@@ -90,6 +92,8 @@ def dataset_update(*, actor: User, access: DatasetAccess, **fields: Any) -> Data
         if changed:
             dataset.projects.set(project_ids)
             changes["projects"] = [sorted(before), sorted(project_ids)]
+            if set(project_ids) - before:
+                hooks.items_added(dataset.pk)
     before_fields = snapshot(dataset, _DATASET_FIELDS)
     for name, value in fields.items():
         setattr(dataset, name, value)
