@@ -30,6 +30,11 @@ def _configure(sender: Celery, **_: object) -> None:
             "schedule": float(settings.LOUPE_JOB_RECOVER_INTERVAL),
             "options": {"queue": "default", "expires": float(settings.LOUPE_JOB_RECOVER_INTERVAL)},
         },
+        "labeling.leases_expire": {
+            "task": "labeling.leases_expire",
+            "schedule": 60.0,
+            "options": {"queue": "default", "expires": 60.0},
+        },
         "storage.store_sweep": {
             "task": "storage.store_sweep",
             "schedule": float(settings.LOUPE_SWEEP_INTERVAL_S),

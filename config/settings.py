@@ -248,6 +248,8 @@ SPECTACULAR_SETTINGS = {
         "OrganizationRole": "projects.models.OrgRole",
         "ProjectRole": "projects.models.ProjectRole",
         "JobState": "projects.models.JobState",
+        "TaskState": "labeling.models.TaskState",
+        "AnnotationState": "labeling.models.AnnotationState",
     },
 }
 

@@ -12,6 +12,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("api/v1/", include("projects.urls")),
     path("api/v1/", include("storage.urls")),
+    path("api/v1/", include("labeling.urls")),
     path("objects/<str:token>", storage_views.object_download, name="object-download"),
     path("objects/upload/<str:token>", storage_views.object_upload, name="object-upload"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

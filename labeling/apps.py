@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class LabelingConfig(AppConfig):
     name = "labeling"
     verbose_name = "Tasks, annotations, reviews and releases"
+
+    def ready(self) -> None:
+        from labeling import jobs  # noqa: F401  (registers the labeling job kinds)
+        from labeling.services import tasks_for_new_items
+        from storage import hooks
+
+        hooks.on_items_added(tasks_for_new_items)

@@ -1,0 +1,313 @@
+"""Label schemas, tasks, annotations with their revisions, and predictions.
+
+Rows are changed only through labeling.services (never signals); this module declares fields,
+constraints and indexes only. Region lists (`result`) are in the one region format of
+docs/annotations.md and are validated before they are written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from projects.models import Job, Project
+from storage.models import Item
+
+
+class RegionsField(models.JSONField):
+    """A JSONB list of regions.
+
+    Declaring get_placeholder keeps Django 5.2's bulk_create off its UNNEST strategy for these
+    models: that strategy sends every JSON document inside a text-quoted array, escaped character
+    by character, which made bulk predictions ~10x slower than plain parameters (one `%s` each).
+    """
+
+    def get_placeholder(self, value: Any, compiler: Any, connection: Any) -> str:
+        return "%s"
+
+
+class LabelSchema(models.Model):
+    """One immutable version of a project's label schema (ontology).
+
+    `operations` are the migration a version carried (rename, merge, split, delete, restore,
+    attribute changes), applied to the existing annotations and predictions by `migration_job`.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="label_schemas")
+    version = models.IntegerField()
+    spec = models.JSONField()
+    operations = models.JSONField(default=list, blank=True)
+    notes = models.TextField(blank=True, default="")
+    migration_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "version"], name="label_schema_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} v{self.version}"
+
+
+class TaskState(models.TextChoices):
+    OPEN = "open"
+    IN_PROGRESS = "in_progress"
+    SUBMITTED = "submitted"
+    IN_REVIEW = "in_review"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DONE = "done"
+
+
+class Task(models.Model):
+    """An item inside a project: what annotators work on and annotations attach to.
+
+    `active`, `submitted` and `open_slots` are kept by labeling.workflow in the transaction that
+    changes an assignment: `open_slots = overlap - active - submitted`, and the queue reads only
+    tasks with a free slot through a partial index.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="tasks")
+    state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.OPEN)
+    priority = models.IntegerField(default=0)
+    overlap = models.IntegerField(default=1)
+    is_gold = models.BooleanField(default=False)
+    qc_status = models.CharField(max_length=16, blank=True, default="")
+    active = models.IntegerField(default=0)
+    submitted = models.IntegerField(default=0)
+    open_slots = models.IntegerField(default=1)
+    # Ordering keys: a stable pseudo-random rank (ordering "random") and the lowest prediction
+    # score (ordering "uncertainty"; null when no prediction).
+    random_key = models.IntegerField(default=0)
+    uncertainty = models.FloatField(null=True, blank=True)
+    # The reviewer working on the task, until their review lease runs out.
+    review_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    review_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "item"], name="task_item_unique"),
+            models.CheckConstraint(
+                condition=models.Q(active__gte=0, submitted__gte=0), name="task_counters_positive"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["project", "state", "-priority", "id"]),
+            models.Index(
+                fields=["project", "-priority", "id"],
+                name="task_queue_priority",
+                condition=models.Q(open_slots__gt=0),
+            ),
+            models.Index(
+                fields=["project", "random_key", "id"],
+                name="task_queue_random",
+                condition=models.Q(open_slots__gt=0),
+            ),
+            models.Index(
+                fields=["project", "uncertainty", "-priority", "id"],
+                name="task_queue_uncertainty",
+                condition=models.Q(open_slots__gt=0),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.pk}"
+
+
+class AssignmentState(models.TextChoices):
+    PENDING = "pending"  # assigned by a manager, not started
+    ACTIVE = "active"  # holds a lease
+    SUBMITTED = "submitted"
+    SKIPPED = "skipped"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    UNASSIGNED = "unassigned"
+    REJECTED = "rejected"  # its annotation was rejected and the slot went back to the pool
+
+
+class Assignment(models.Model):
+    """One annotator's slot on a task: pulled from the queue or assigned by a manager.
+
+    One row per (task, user): a user never gets the same task twice. A rework reopens the same
+    row with a new lease.
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    state = models.CharField(max_length=16, choices=AssignmentState.choices)
+    assigned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    lease_id = models.UUIDField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    annotation = models.ForeignKey(
+        "Annotation", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    skip_reason = models.CharField(max_length=500, blank=True, default="")
+    rework = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "user"], name="assignment_task_user_unique")]
+        indexes = [
+            models.Index(fields=["user", "state"]),
+            models.Index(
+                fields=["lease_until"], name="assignment_active_lease", condition=models.Q(state="active")
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"assignment {self.pk}"
+
+
+class AnnotationState(models.TextChoices):
+    DRAFT = "draft"
+    SUBMITTED = "submitted"
+
+
+class Annotation(models.Model):
+    """One person's (or an import's) labels for a task, versioned: each write bumps `version`."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="annotations")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="annotations")
+    schema_version = models.IntegerField()
+    state = models.CharField(max_length=16, choices=AnnotationState.choices, default=AnnotationState.DRAFT)
+    result = RegionsField(default=list)
+    # Regions of classes a schema migration deleted: kept, never destroyed; restore brings them back.
+    archived = RegionsField(default=list, blank=True)
+    version = models.IntegerField(default=1)
+    lead_time_ms = models.BigIntegerField(default=0)
+    ground_truth = models.BooleanField(default=False)
+    # The last review's verdict on this annotation ("" until reviewed): accepted or rejected.
+    review_status = models.CharField(max_length=16, blank=True, default="")
+    from_prediction = models.ForeignKey(
+        "Prediction", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    import_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["task", "author"]),
+            models.Index(fields=["author", "-id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"annotation {self.pk} v{self.version}"
+
+
+class RevisionAction(models.TextChoices):
+    CREATE = "create"
+    UPDATE = "update"
+    SUBMIT = "submit"
+    DELETE = "delete"
+    MIGRATE = "migrate"
+    IMPORT = "import"
+
+
+class AnnotationRevision(models.Model):
+    """Every version an annotation had: who made it, when, how, and what changed."""
+
+    annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="revisions")
+    version = models.IntegerField()
+    action = models.CharField(max_length=16, choices=RevisionAction.choices)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    state = models.CharField(max_length=16, choices=AnnotationState.choices)
+    schema_version = models.IntegerField()
+    result = RegionsField(default=list)
+    # Region ids added, removed and changed relative to the previous revision.
+    changes = models.JSONField(default=dict, blank=True)
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["annotation", "version"], name="annotation_revision_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"annotation {self.annotation_id} r{self.version}"
+
+
+class Prediction(models.Model):
+    """A model's regions for a task, with per-region scores (in `result`) and an overall score."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.CharField(max_length=200)
+    schema_version = models.IntegerField()
+    result = RegionsField(default=list)
+    archived = RegionsField(default=list, blank=True)
+    score = models.FloatField(null=True, blank=True)
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["task", "model_version"]), models.Index(fields=["model_version"])]
+
+    def __str__(self) -> str:
+        return f"prediction {self.pk}"
+
+
+class Verdict(models.TextChoices):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    FIX = "fix"
+
+
+class Review(models.Model):
+    annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    verdict = models.CharField(max_length=8, choices=Verdict.choices)
+    comment = models.TextField(blank=True, default="")
+    annotation_version = models.IntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["reviewer", "-id"])]
+
+    def __str__(self) -> str:
+        return f"review {self.pk}"
+
+
+class Comment(models.Model):
+    """A note on a task, optionally on one annotation or one region; threads through `parent`."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="comments")
+    annotation = models.ForeignKey(
+        Annotation, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    region = models.CharField(max_length=64, blank=True, default="")
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="replies"
+    )
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    body = models.TextField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"comment {self.pk}"

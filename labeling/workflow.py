@@ -1,0 +1,937 @@
+"""Work distribution: the queue, leases, drafts, submits, manager assignment, review and rework.
+
+Invariants, kept by locking the task row in every transaction that changes its assignments:
+- one assignment row per (task, user): a user never gets the same task twice;
+- `active + submitted <= overlap`, with `open_slots = overlap - active - submitted`, where
+  `active` counts live leases and slots a manager reserved (pending assignments);
+- a task with `open_slots > 0` is the only kind the queue looks at (a partial index).
+
+Lock order, everywhere: the caller's advisory lock (project, user) first, then task rows, then
+assignment and annotation rows. Task state changes are written to the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from labeling.models import (
+    Annotation,
+    AnnotationRevision,
+    AnnotationState,
+    Assignment,
+    AssignmentState,
+    Comment,
+    Review,
+    RevisionAction,
+    Task,
+    TaskState,
+    Verdict,
+)
+from labeling.services import _require_schema, _validate, item_facts, region_changes
+from projects.access import ProjectAccess, ProjectAction, model_from_row
+from projects.audit import audit_record
+from projects.exceptions import (
+    Conflict,
+    DomainError,
+    InvalidInput,
+    NotFound,
+    SchemaViolation,
+)
+from projects.models import Organization, Project
+from storage.models import Item
+
+FINAL_STATES = (TaskState.ACCEPTED, TaskState.DONE)
+REVIEW_LEASE = timedelta(minutes=30)
+
+
+class LeaseInvalid(Conflict):
+    code = "lease_invalid"
+    default_message = "This assignment holds no lease with that id: take a task with next."
+
+
+class SlotTaken(Conflict):
+    code = "slot_taken"
+    default_message = (
+        "Your lease ran out and the slot went to someone else. "
+        "Your work is kept as a draft (details.draft_id)."
+    )
+
+
+class OwnAnnotation(DomainError):
+    code, status_code = "own_annotation", 403
+    default_message = "Reviewers do not review their own annotations."
+
+
+class NotInReview(Conflict):
+    code = "not_in_review"
+    default_message = "The task is not waiting for review."
+
+
+class AlreadyAssigned(Conflict):
+    code = "already_assigned"
+    default_message = "That user already has this task."
+
+
+# --- Settings ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workflow:
+    overlap: int = 1
+    assignment: str = "both"  # pull | manual | both
+    ordering: str = "priority"  # priority | random | uncertainty
+    seed: int = 0
+    max_active: int = 1
+    max_total: int | None = None
+    lease_seconds: int = 1800
+    blind: bool = True
+    review: str = "none"  # all | sample | qc_flagged | none
+    review_fraction: float = 0.1
+    rejected_to: str = "author"  # author | pool
+
+    def needs_review(self, task: Task) -> bool:
+        if self.review == "all":
+            return True
+        if self.review == "qc_flagged":
+            return task.qc_status == "flagged"
+        if self.review == "sample":
+            # Stable per task and seed: the same tasks are sampled however often this is asked.
+            digest = hashlib.sha256(f"{self.seed}:{task.pk}".encode()).digest()
+            return int.from_bytes(digest[:8], "big") / 2**64 < self.review_fraction
+        return False
+
+
+def workflow_of(project: Project) -> Workflow:
+    stored = (project.settings or {}).get("workflow") or {}
+    known = {f.name for f in fields(Workflow)}
+    return Workflow(**{k: v for k, v in stored.items() if k in known})
+
+
+def workflow_for(project_id: int) -> Workflow:
+    settings = Project.objects.filter(id=project_id).values_list("settings", flat=True).first() or {}
+    return workflow_of(Project(settings=settings))
+
+
+@transaction.atomic
+def workflow_update(*, actor: User, access: ProjectAccess, changes: dict[str, Any]) -> Workflow:
+    """Change the project's workflow; overlap and seed apply at once to the unfinished tasks."""
+    access.require(ProjectAction.WORKFLOW_UPDATE)
+    project = Project.objects.select_for_update().get(id=access.project.pk)
+    before = workflow_of(project)
+    after = replace(before, **changes)
+    project.settings = {**(project.settings or {}), "workflow": asdict(after)}
+    project.save(update_fields=["settings", "updated_at"])
+    tasks = Task.objects.filter(project=project).exclude(state__in=FINAL_STATES)
+    if after.overlap != before.overlap:
+        tasks.update(overlap=after.overlap)
+        _recount_open_slots(project.pk)
+        # Tasks whose submissions already reach a lowered overlap move on like any other full task.
+        full = tasks.filter(
+            state__in=(TaskState.OPEN, TaskState.IN_PROGRESS), active=0, submitted__gte=after.overlap
+        )
+        for task in full.select_for_update(of=("self",)).select_related("project"):
+            _after_submission(task, after, actor)
+            _save_task(task)
+    if after.seed != before.seed:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE labeling_task SET random_key = hashtext(%s || ':' || item_id::text) "
+                "WHERE project_id = %s",
+                [str(after.seed), project.pk],
+            )
+    diff = {k: [v, getattr(after, k)] for k, v in asdict(before).items() if getattr(after, k) != v}
+    audit_record(
+        actor=actor,
+        verb="workflow.update",
+        obj=project,
+        organization=project.organization,
+        project=project,
+        changes=diff,
+    )
+    return after
+
+
+def _recount_open_slots(project_id: int) -> None:
+    Task.objects.filter(project_id=project_id).exclude(state__in=FINAL_STATES).update(
+        open_slots=_slots_expression()
+    )
+
+
+def _slots_expression() -> Any:
+    from django.db.models.functions import Greatest
+
+    return Greatest(F("overlap") - F("active") - F("submitted"), 0)
+
+
+# --- Task state --------------------------------------------------------------------------------
+
+
+def _set_state(task: Task, state: str, *, actor: User | None, reason: str) -> None:
+    if task.state == state:
+        return
+    project = task.project  # loaded with the locked task
+    audit_record(
+        actor=actor,
+        verb="task.state",
+        obj=task,
+        project=project,
+        organization=Organization(id=project.organization_id),
+        changes={"state": [task.state, state], "reason": reason},
+    )
+    task.state = state
+
+
+def _after_submission(task: Task, workflow: Workflow, actor: User) -> None:
+    """A task whose slots are all submitted goes to review, or is done."""
+    if task.submitted < task.overlap or task.active > 0:
+        if task.state == TaskState.OPEN:
+            _set_state(task, TaskState.IN_PROGRESS, actor=actor, reason="submitted")
+        return
+    if workflow.needs_review(task):
+        _set_state(task, TaskState.IN_REVIEW, actor=actor, reason="all annotations submitted")
+    else:
+        _set_state(task, TaskState.DONE, actor=actor, reason="all annotations submitted, no review")
+    task.open_slots = 0
+
+
+def _locked_task(task_id: int) -> Task:
+    return Task.objects.select_for_update(of=("self",)).select_related("project").get(id=task_id)
+
+
+def _save_task(task: Task) -> None:
+    task.save(
+        update_fields=[
+            "state",
+            "active",
+            "submitted",
+            "open_slots",
+            "review_by",
+            "review_until",
+            "updated_at",
+        ]
+    )
+
+
+def _free_slot(task: Task) -> None:
+    task.active -= 1
+    if task.state not in FINAL_STATES and task.state != TaskState.IN_REVIEW:
+        task.open_slots = max(task.overlap - task.active - task.submitted, 0)
+    if task.active == 0 and task.submitted == 0 and task.state == TaskState.IN_PROGRESS:
+        _set_state(task, TaskState.OPEN, actor=None, reason="no one is working on it")
+
+
+def _take_slot(task: Task, actor: User) -> None:
+    task.active += 1
+    task.open_slots = max(task.overlap - task.active - task.submitted, 0)
+    if task.state == TaskState.OPEN:
+        _set_state(task, TaskState.IN_PROGRESS, actor=actor, reason="taken")
+
+
+# --- The queue ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Handed:
+    """What `next` hands out: the assignment (with its lease) and the task."""
+
+    assignment: Assignment
+    task: Task
+    draft: Annotation | None
+
+
+_ORDER = {
+    "priority": "t.priority DESC, t.id",
+    "random": "t.random_key, t.id",
+    "uncertainty": "t.uncertainty ASC NULLS LAST, t.priority DESC, t.id",
+}
+
+
+def _lock_caller(project_id: int, user_id: int) -> None:
+    """Serialize one user's queue calls in one project (two tabs asking at once get one slot)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [project_id, user_id])
+
+
+def _lease(assignment: Assignment, workflow: Workflow, now: Any) -> None:
+    assignment.state = AssignmentState.ACTIVE
+    assignment.lease_id = assignment.lease_id or uuid.uuid4()
+    assignment.lease_until = now + timedelta(seconds=workflow.lease_seconds)
+    assignment.started_at = assignment.started_at or now
+
+
+def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
+    """The caller's next task with a lease, or None when nothing is left for them.
+
+    The hot path of every annotator: a held lease or a pending assignment in one read, otherwise
+    one SKIP LOCKED statement that locks and returns the task row, then two writes.
+    """
+    access.require(ProjectAction.ANNOTATE)
+    project = access.project
+    workflow = workflow_of(project)
+    now = timezone.now()
+    with transaction.atomic():
+        _lock_caller(project.pk, actor.pk)
+        mine = Assignment.objects.filter(task__project_id=project.pk, user=actor)
+        # Held leases first (oldest), then pending ones (rework first, then by priority).
+        waiting = list(
+            mine.filter(state__in=(AssignmentState.ACTIVE, AssignmentState.PENDING)).order_by(
+                "state", "started_at", "-rework", "-task__priority", "task_id"
+            )[: workflow.max_active + 1]
+        )
+        held = [a for a in waiting if a.state == AssignmentState.ACTIVE]
+        if len(held) >= workflow.max_active:
+            renewed = now + timedelta(seconds=workflow.lease_seconds)
+            for assignment in held:
+                # Renew only what is still active: the sweep may have expired it since it was read.
+                if Assignment.objects.filter(id=assignment.pk, state=AssignmentState.ACTIVE).update(
+                    lease_until=renewed
+                ):
+                    assignment.lease_until = renewed
+                    return _handed(assignment, None, project)
+        pending = next((a for a in waiting if a.state == AssignmentState.PENDING), None)
+        if pending is not None and workflow.assignment in ("manual", "both"):
+            # Lock it and read it again: a manager may be withdrawing or moving it right now.
+            pending = (
+                Assignment.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(id=pending.pk, state=AssignmentState.PENDING)
+                .first()
+            )
+        if pending is not None and workflow.assignment in ("manual", "both"):
+            _lease(pending, workflow, now)
+            pending.save(update_fields=["state", "lease_id", "lease_until", "started_at"])
+            return _handed(pending, None, project)
+        if workflow.assignment == "manual":
+            return None
+        if workflow.max_total is not None and mine.count() >= workflow.max_total:
+            return None
+        task = _pull(project, actor.pk, _ORDER[workflow.ordering])
+        if task is None:
+            return None
+        _take_slot(task, actor)
+        _save_task(task)
+        assignment = Assignment(task=task, user=actor)
+        _lease(assignment, workflow, now)
+        assignment.save()
+        return _handed(assignment, task, project)
+
+
+_TASK_FIELDS = [f.attname for f in Task._meta.concrete_fields]
+
+
+def _pull(project: Project, user_id: int, order: str) -> Task | None:
+    """Lock and return the first task with a free slot the user never had, skipping locked rows."""
+    columns = ", ".join(f"t.{name}" for name in _TASK_FIELDS)
+    sql = f"""
+        SELECT {columns} FROM labeling_task t
+        WHERE t.project_id = %s AND t.open_slots > 0
+          AND NOT EXISTS (SELECT 1 FROM labeling_assignment a WHERE a.task_id = t.id AND a.user_id = %s)
+        ORDER BY {order}
+        LIMIT 1
+        FOR UPDATE OF t SKIP LOCKED
+    """  # noqa: S608  (column names from model metadata, order one of the constant clauses of _ORDER)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [project.pk, user_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    task = model_from_row(Task, _TASK_FIELDS, row)
+    task.project = project
+    return task
+
+
+def _handed(assignment: Assignment, task: Task | None, project: Project) -> Handed:
+    if task is None:
+        task = Task.objects.get(id=assignment.task_id)
+        task.project = project
+    task.item = Item.objects.select_related("primary").get(id=task.item_id)
+    draft = None
+    if assignment.annotation_id is not None:
+        draft = Annotation.objects.filter(id=assignment.annotation_id).first()
+    return Handed(assignment=assignment, task=task, draft=draft)
+
+
+def _own_assignment(actor: User, access: ProjectAccess, assignment_id: int) -> Assignment:
+    found = (
+        Assignment.objects.select_related("task__item")
+        .filter(id=assignment_id, user=actor, task__project_id=access.project.pk)
+        .first()
+    )
+    if found is None:
+        raise NotFound("Assignment not found.", assignment_id=assignment_id)
+    return found
+
+
+def _check_lease(assignment: Assignment, lease_id: Any) -> None:
+    if assignment.lease_id is None or str(assignment.lease_id) != str(lease_id):
+        raise LeaseInvalid(assignment_id=assignment.pk)
+
+
+def _regions_list(result: Any) -> list[Any]:
+    if not isinstance(result, list):
+        raise SchemaViolation("result must be a list of regions.", field="result")
+    return result
+
+
+def assignment_draft(
+    *, actor: User, access: ProjectAccess, assignment_id: int, lease_id: Any, result: Any
+) -> Annotation:
+    """Autosave: keep the caller's work as a draft (not validated until submit) and renew the lease.
+
+    A draft is saved even when the lease has run out: work is never refused for being late.
+    """
+    access.require(ProjectAction.ANNOTATE)
+    regions = _regions_list(result)
+    workflow = workflow_of(access.project)
+    schema = _require_schema(access.project.pk)
+    found = _own_assignment(actor, access, assignment_id)
+    with transaction.atomic():
+        # The task first, like a submit: a draft's first save inserts an annotation, which takes a
+        # key lock on the task row, so locking the assignment first could deadlock with a submit.
+        _locked_task(found.task_id)
+        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        _check_lease(assignment, lease_id)
+        if assignment.state not in (AssignmentState.ACTIVE, AssignmentState.EXPIRED):
+            # Submitted, skipped, released or withdrawn: an autosave arriving late changes nothing.
+            raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)
+        annotation = _write_draft(assignment, actor, regions, schema.version)
+        if assignment.state == AssignmentState.ACTIVE:
+            assignment.lease_until = timezone.now() + timedelta(seconds=workflow.lease_seconds)
+        assignment.annotation = annotation
+        assignment.save(update_fields=["lease_until", "annotation"])
+    return annotation
+
+
+def _write_draft(assignment: Assignment, actor: User, regions: list[Any], schema_version: int) -> Annotation:
+    annotation = None
+    if assignment.annotation_id is not None:
+        annotation = Annotation.objects.select_for_update().filter(id=assignment.annotation_id).first()
+    if annotation is None:
+        annotation = Annotation.objects.create(
+            task_id=assignment.task_id,
+            author=actor,
+            schema_version=schema_version,
+            state=AnnotationState.DRAFT,
+            result=regions,
+        )
+        before: list[Any] = []
+        action = RevisionAction.CREATE
+    else:
+        before, action = annotation.result, RevisionAction.UPDATE
+        annotation.result, annotation.schema_version = regions, schema_version
+        annotation.version += 1
+        annotation.save(update_fields=["result", "schema_version", "version", "updated_at"])
+    _revision(annotation, action, actor, before)
+    return annotation
+
+
+def _revision(annotation: Annotation, action: str, actor: User, before: list[Any]) -> None:
+    AnnotationRevision.objects.create(
+        annotation=annotation,
+        version=annotation.version,
+        action=action,
+        author=actor,
+        state=annotation.state,
+        schema_version=annotation.schema_version,
+        result=annotation.result,
+        changes=region_changes(before, annotation.result),
+    )
+
+
+def assignment_submit(
+    *,
+    actor: User,
+    access: ProjectAccess,
+    assignment_id: int,
+    lease_id: Any,
+    result: Any,
+    lead_time_ms: int = 0,
+) -> tuple[Annotation, bool]:
+    """Submit the work of a lease: exactly one annotation per assignment, whatever the retries.
+
+    Returns (annotation, created). A retried submit of an assignment already submitted returns the
+    same annotation. A lease that ran out is honoured while its slot is free; when someone else took
+    the slot the work is saved as a draft and SlotTaken names it.
+    """
+    access.require(ProjectAction.ANNOTATE)
+    found = _own_assignment(actor, access, assignment_id)
+    schema = _require_schema(access.project.pk)
+    workflow = workflow_of(access.project)
+    regions = _validate(result, schema, item_facts(found.task.item))
+    with transaction.atomic():
+        task = _locked_task(found.task_id)
+        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        _check_lease(assignment, lease_id)
+        if assignment.state == AssignmentState.SUBMITTED and assignment.annotation_id is not None:
+            return Annotation.objects.get(id=assignment.annotation_id), False
+        slot_lost = False
+        if assignment.state == AssignmentState.EXPIRED:
+            if task.open_slots > 0 and task.state not in FINAL_STATES:
+                _take_slot(task, actor)
+            else:
+                slot_lost = True
+        elif assignment.state != AssignmentState.ACTIVE:
+            raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)
+        if not slot_lost:
+            annotation = _submit(assignment, task, actor, regions, schema.version, lead_time_ms, workflow)
+            return annotation, True
+    # The slot is gone: keep the work as the caller's draft, in its own transaction, then say so.
+    with transaction.atomic():
+        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        draft = _write_draft(assignment, actor, regions, schema.version)
+        assignment.annotation = draft
+        assignment.save(update_fields=["annotation"])
+    raise SlotTaken(draft_id=draft.pk, task_id=found.task_id)
+
+
+def _submit(
+    assignment: Assignment,
+    task: Task,
+    actor: User,
+    regions: list[Any],
+    schema_version: int,
+    lead_time_ms: int,
+    workflow: Workflow,
+) -> Annotation:
+    now = timezone.now()
+    annotation = (
+        Annotation.objects.select_for_update().filter(id=assignment.annotation_id).first()
+        if assignment.annotation_id is not None
+        else None
+    )
+    if annotation is None:
+        annotation = Annotation(task=task, author=actor, result=[], version=0)
+    before = annotation.result
+    annotation.result, annotation.schema_version = regions, schema_version
+    annotation.state, annotation.submitted_at, annotation.review_status = AnnotationState.SUBMITTED, now, ""
+    annotation.lead_time_ms += lead_time_ms
+    annotation.version += 1
+    annotation.save()
+    _revision(annotation, RevisionAction.SUBMIT, actor, before)
+    assignment.state, assignment.annotation, assignment.finished_at = (
+        AssignmentState.SUBMITTED,
+        annotation,
+        now,
+    )
+    assignment.lease_until = None
+    assignment.save(update_fields=["state", "annotation", "finished_at", "lease_until"])
+    task.active -= 1
+    task.submitted += 1
+    task.open_slots = max(task.overlap - task.active - task.submitted, 0)
+    if task.state == TaskState.REJECTED and not _unreviewed_rejections(task):
+        _set_state(task, TaskState.IN_PROGRESS, actor=actor, reason="rework submitted")
+    _after_submission(task, workflow, actor)
+    _save_task(task)
+    return annotation
+
+
+def _unreviewed_rejections(task: Task) -> bool:
+    return Annotation.objects.filter(
+        task=task, review_status="rejected", state=AnnotationState.DRAFT
+    ).exists()
+
+
+def assignment_give_back(
+    *, actor: User, access: ProjectAccess, assignment_id: int, lease_id: Any, reason: str = "", skip: bool
+) -> Assignment:
+    """Skip (with a reason) or release a task: the slot reopens for others, never for the caller."""
+    access.require(ProjectAction.ANNOTATE)
+    found = _own_assignment(actor, access, assignment_id)
+    with transaction.atomic():
+        task = _locked_task(found.task_id)
+        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        _check_lease(assignment, lease_id)
+        if assignment.state != AssignmentState.ACTIVE:
+            raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)
+        assignment.state = AssignmentState.SKIPPED if skip else AssignmentState.RELEASED
+        assignment.skip_reason, assignment.finished_at, assignment.lease_until = reason, timezone.now(), None
+        assignment.save(update_fields=["state", "skip_reason", "finished_at", "lease_until"])
+        _free_slot(task)
+        _save_task(task)
+    return assignment
+
+
+def leases_expire(*, batch: int = 500) -> int:
+    """Return the slots of leases that ran out (beat task). Returns how many expired.
+
+    Locks in the order every other writer uses — the task, then its assignments — so it never
+    deadlocks with a late submit of the same assignment; tasks another request holds are left for
+    the next run.
+    """
+    expired = 0
+    while True:
+        now = timezone.now()
+        task_ids = list(
+            Assignment.objects.filter(state=AssignmentState.ACTIVE, lease_until__lt=now)
+            .order_by("task_id")
+            .values_list("task_id", flat=True)
+            .distinct()[:batch]
+        )
+        if not task_ids:
+            return expired
+        done = 0
+        with transaction.atomic():
+            tasks = Task.objects.select_for_update(skip_locked=True, of=("self",)).select_related("project")
+            for task in tasks.filter(id__in=task_ids).order_by("id"):
+                ran_out = list(
+                    Assignment.objects.select_for_update()
+                    .filter(task=task, state=AssignmentState.ACTIVE, lease_until__lt=now)
+                    .values_list("id", flat=True)
+                )
+                for _ in ran_out:
+                    _free_slot(task)
+                _save_task(task)
+                Assignment.objects.filter(id__in=ran_out).update(
+                    state=AssignmentState.EXPIRED, lease_until=None
+                )
+                done += len(ran_out)
+        expired += done
+        if done == 0:
+            return expired  # every candidate task is busy right now: the next run takes them
+
+
+# --- Manager assignment ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quota:
+    user_id: int
+    quota: int
+
+
+def assignments_bulk(
+    *, actor: User, access: ProjectAccess, task_filter: dict[str, Any], quotas: list[Quota]
+) -> dict[int, int]:
+    """Reserve up to `quota` open slots matching the filter for each user; returns user → count."""
+    access.require(ProjectAction.ASSIGN)
+    from projects.models import ProjectMember
+
+    project_id = access.project.pk
+    members = set(
+        ProjectMember.objects.filter(
+            project_id=project_id, user_id__in=[q.user_id for q in quotas]
+        ).values_list("user_id", flat=True)
+    )
+    missing = [q.user_id for q in quotas if q.user_id not in members]
+    if missing:
+        raise InvalidInput("Every user must be a member of the project.", users=missing)
+    workflow = workflow_of(access.project)
+    counts: dict[int, int] = {}
+    with transaction.atomic():
+        for user_id in sorted({q.user_id for q in quotas}):
+            _lock_caller(project_id, user_id)  # no `next` of theirs picks a task being reserved for them
+        for quota in quotas:
+            tasks = (
+                _filtered(Task.objects.filter(project_id=project_id, open_slots__gt=0), task_filter)
+                .exclude(assignments__user_id=quota.user_id)
+                .select_for_update(skip_locked=True, of=("self",))
+                .order_by(*_orm_order(workflow.ordering))[: quota.quota]
+            )
+            chosen = list(tasks)
+            for task in chosen:
+                task.project = access.project
+                _take_slot(task, actor)  # a reserved slot is work in progress, like a lease
+            Task.objects.bulk_update(chosen, ["active", "open_slots", "state"])
+            Assignment.objects.bulk_create(
+                Assignment(task=task, user_id=quota.user_id, state=AssignmentState.PENDING, assigned_by=actor)
+                for task in chosen
+            )
+            counts[quota.user_id] = len(chosen)
+        audit_record(
+            actor=actor,
+            verb="tasks.assign",
+            obj=access.project,
+            organization=access.project.organization,
+            project=access.project,
+            changes={"filter": task_filter, "assigned": counts},
+        )
+    return counts
+
+
+def _orm_order(ordering: str) -> list[Any]:
+    if ordering == "random":
+        return ["random_key", "id"]
+    if ordering == "uncertainty":
+        return [F("uncertainty").asc(nulls_last=True), "-priority", "id"]
+    return ["-priority", "id"]
+
+
+def _filtered(tasks: Any, task_filter: dict[str, Any]) -> Any:
+    if task_filter.get("state"):
+        tasks = tasks.filter(state__in=task_filter["state"])
+    if task_filter.get("dataset"):
+        tasks = tasks.filter(item__dataset_id=task_filter["dataset"])
+    if task_filter.get("priority_min") is not None:
+        tasks = tasks.filter(priority__gte=task_filter["priority_min"])
+    if task_filter.get("tasks"):
+        tasks = tasks.filter(id__in=task_filter["tasks"])
+    return tasks
+
+
+def _managed_assignment(access: ProjectAccess, assignment_id: int) -> Assignment:
+    access.require(ProjectAction.ASSIGN)
+    found = Assignment.objects.filter(id=assignment_id, task__project_id=access.project.pk).first()
+    if found is None:
+        raise NotFound("Assignment not found.", assignment_id=assignment_id)
+    return found
+
+
+def assignment_reassign(
+    *, actor: User, access: ProjectAccess, assignment_id: int, user_id: int
+) -> Assignment:
+    """Move an unfinished assignment to another member; the slot moves with it."""
+    found = _managed_assignment(access, assignment_id)
+    from projects.models import ProjectMember
+
+    if not ProjectMember.objects.filter(project_id=access.project.pk, user_id=user_id).exists():
+        raise InvalidInput("The user must be a member of the project.", user=user_id)
+    with transaction.atomic():
+        _lock_caller(access.project.pk, user_id)
+        _locked_task(found.task_id)
+        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        if assignment.state not in (AssignmentState.PENDING, AssignmentState.ACTIVE):
+            raise Conflict("Only pending or active assignments move.", code="assignment_finished")
+        if Assignment.objects.filter(task_id=assignment.task_id, user_id=user_id).exists():
+            raise AlreadyAssigned(user=user_id)
+        assignment.state, assignment.lease_until, assignment.finished_at = (
+            AssignmentState.UNASSIGNED,
+            None,
+            timezone.now(),
+        )
+        assignment.save(update_fields=["state", "lease_until", "finished_at"])
+        moved = Assignment.objects.create(
+            task_id=assignment.task_id,
+            user_id=user_id,
+            state=AssignmentState.PENDING,
+            assigned_by=actor,
+            rework=assignment.rework,
+        )
+        audit_record(
+            actor=actor,
+            verb="assignment.reassign",
+            obj=moved,
+            project=access.project,
+            organization=access.project.organization,
+            changes={"from": assignment.user_id, "to": user_id},
+        )
+    return moved
+
+
+def assignment_unassign(*, actor: User, access: ProjectAccess, assignment_id: int) -> None:
+    found = _managed_assignment(access, assignment_id)
+    with transaction.atomic():
+        task = _locked_task(found.task_id)
+        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        if assignment.state not in (AssignmentState.PENDING, AssignmentState.ACTIVE):
+            raise Conflict("Only pending or active assignments are withdrawn.", code="assignment_finished")
+        assignment.state, assignment.lease_until, assignment.finished_at = (
+            AssignmentState.UNASSIGNED,
+            None,
+            timezone.now(),
+        )
+        assignment.save(update_fields=["state", "lease_until", "finished_at"])
+        _free_slot(task)
+        _save_task(task)
+        audit_record(
+            actor=actor,
+            verb="assignment.unassign",
+            obj=assignment,
+            project=access.project,
+            organization=access.project.organization,
+            changes={"user": assignment.user_id},
+        )
+
+
+# --- Review ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ForReview:
+    task: Task
+    annotations: list[Annotation]
+
+
+def _submitted_annotations(task: Task) -> list[Annotation]:
+    return list(
+        Annotation.objects.filter(
+            id__in=Assignment.objects.filter(task=task, state=AssignmentState.SUBMITTED).values(
+                "annotation_id"
+            ),
+            deleted_at__isnull=True,
+        ).order_by("id")
+    )
+
+
+def review_next(*, actor: User, access: ProjectAccess) -> ForReview | None:
+    """A task waiting for review with none of the caller's annotations, leased to the caller."""
+    access.require(ProjectAction.REVIEW)
+    now = timezone.now()
+    with transaction.atomic():
+        task = (
+            Task.objects.filter(project_id=access.project.pk, state=TaskState.IN_REVIEW)
+            .filter(Q(review_by__isnull=True) | Q(review_until__lt=now) | Q(review_by=actor))
+            .exclude(annotations__author=actor)
+            .select_for_update(skip_locked=True, of=("self",))
+            .order_by("-review_by", "-priority", "id")
+            .first()
+        )
+        if task is None:
+            return None
+        task.review_by, task.review_until = actor, now + REVIEW_LEASE
+        task.save(update_fields=["review_by", "review_until", "updated_at"])
+    # What waits for a verdict: annotations accepted in an earlier round (before a rework) are done.
+    return ForReview(task=task, annotations=[a for a in _submitted_annotations(task) if not a.review_status])
+
+
+def annotation_review(
+    *,
+    actor: User,
+    access: ProjectAccess,
+    annotation_id: int,
+    verdict: str,
+    comment: str = "",
+    result: Any = None,
+    if_match: int | None,
+) -> Annotation:
+    """Accept, reject (back for rework) or fix (the reviewer's result becomes a revision, then accepted)."""
+    from labeling.exceptions import VersionRequired
+
+    access.require(ProjectAction.REVIEW)
+    found = (
+        Annotation.objects.select_related("task__item")
+        .filter(id=annotation_id, task__project_id=access.project.pk, deleted_at__isnull=True)
+        .first()
+    )
+    if found is None:
+        raise NotFound("Annotation not found.", annotation_id=annotation_id)
+    if found.author_id == actor.pk:
+        raise OwnAnnotation(annotation_id=annotation_id)
+    if if_match is None:
+        raise VersionRequired()
+    if verdict == Verdict.REJECT and not comment.strip():
+        raise InvalidInput("Say what to change: a rejection needs a comment.", field="comment")
+    regions = None
+    if verdict == Verdict.FIX:
+        if result is None:
+            raise InvalidInput("A fix carries the corrected result.", field="result")
+        regions = _validate(result, _require_schema(access.project.pk), item_facts(found.task.item))
+    workflow = workflow_of(access.project)
+    with transaction.atomic():
+        task = _locked_task(found.task_id)
+        annotation = Annotation.objects.select_for_update().get(id=found.pk)
+        reviewable = task.state in (TaskState.IN_REVIEW, TaskState.REJECTED)
+        if not reviewable or annotation.state != AnnotationState.SUBMITTED or annotation.review_status:
+            raise NotInReview(task_state=task.state, review_status=annotation.review_status)
+        if annotation.version != if_match:
+            from labeling.exceptions import StaleVersion
+
+            raise StaleVersion(current_version=annotation.version, your_version=if_match)
+        if regions is not None:
+            before = annotation.result
+            annotation.result = regions
+            annotation.version += 1
+            annotation.save(update_fields=["result", "version", "updated_at"])
+            _revision(annotation, RevisionAction.UPDATE, actor, before)
+        Review.objects.create(
+            annotation=annotation,
+            reviewer=actor,
+            verdict=verdict,
+            comment=comment,
+            annotation_version=annotation.version,
+        )
+        if comment.strip():
+            Comment.objects.create(task=task, annotation=annotation, author=actor, body=comment)
+        if verdict == Verdict.REJECT:
+            _reject(annotation, task, workflow)
+        else:
+            annotation.review_status = "accepted"
+            annotation.save(update_fields=["review_status", "updated_at"])
+        _after_review(task, actor)
+        _save_task(task)
+    return annotation
+
+
+def _reject(annotation: Annotation, task: Task, workflow: Workflow) -> None:
+    """Send a rejected annotation back: to its author (same annotation, back to draft, first in
+    their queue) or to the pool (the slot reopens for anyone who has not had the task)."""
+    annotation.review_status = "rejected"
+    author_assignment = (
+        Assignment.objects.select_for_update().filter(task=task, user_id=annotation.author_id).first()
+    )
+    task.submitted -= 1
+    if workflow.rejected_to == "author" and author_assignment is not None:
+        annotation.state = AnnotationState.DRAFT
+        author_assignment.state, author_assignment.rework, author_assignment.finished_at = (
+            AssignmentState.PENDING,
+            True,
+            None,
+        )
+        task.active += 1
+    elif author_assignment is not None:
+        author_assignment.state = AssignmentState.REJECTED
+    if author_assignment is not None:
+        author_assignment.save(update_fields=["state", "rework", "finished_at"])
+    annotation.save(update_fields=["review_status", "state", "updated_at"])
+    task.open_slots = max(task.overlap - task.active - task.submitted, 0)
+
+
+def _after_review(task: Task, actor: User) -> None:
+    """Once every submitted annotation has a verdict: accepted if all are, else rework (rejected)."""
+    if any(a.review_status == "" for a in _submitted_annotations(task)):
+        return  # the reviewer has not finished with this task
+    task.review_by, task.review_until = None, None
+    if task.submitted < task.overlap or task.active > 0:
+        _set_state(task, TaskState.REJECTED, actor=actor, reason="annotation rejected")
+    else:
+        _set_state(task, TaskState.ACCEPTED, actor=actor, reason="every annotation accepted")
+        task.open_slots = 0
+
+
+# --- Comments ----------------------------------------------------------------------------------
+
+
+def comment_create(
+    *,
+    actor: User,
+    access: ProjectAccess,
+    task_id: int,
+    body: str,
+    annotation_id: int | None = None,
+    region: str = "",
+    parent_id: int | None = None,
+) -> Comment:
+    access.require(ProjectAction.COMMENT)
+    task = Task.objects.filter(id=task_id, project_id=access.project.pk).first()
+    if task is None:
+        raise NotFound("Task not found.", task_id=task_id)
+    if annotation_id is not None and not Annotation.objects.filter(id=annotation_id, task=task).exists():
+        raise InvalidInput("The annotation is not one of this task's.", field="annotation")
+    if parent_id is not None and not Comment.objects.filter(id=parent_id, task=task).exists():
+        raise InvalidInput("The parent comment is not on this task.", field="parent")
+    return Comment.objects.create(
+        task=task, annotation_id=annotation_id, region=region, parent_id=parent_id, author=actor, body=body
+    )
+
+
+def comment_resolve(*, actor: User, access: ProjectAccess, comment_id: int) -> Comment:
+    access.require(ProjectAction.COMMENT)
+    with transaction.atomic():
+        comment = (
+            Comment.objects.select_for_update()
+            .filter(id=comment_id, task__project_id=access.project.pk)
+            .first()
+        )
+        if comment is None:
+            raise NotFound("Comment not found.", comment_id=comment_id)
+        if comment.resolved_at is None:
+            comment.resolved_at, comment.resolved_by = timezone.now(), actor
+            comment.save(update_fields=["resolved_at", "resolved_by"])
+    return comment

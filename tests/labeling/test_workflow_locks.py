@@ -1,0 +1,61 @@
+"""Row locks held by other requests never hide a caller's own work from the queue."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection, transaction
+
+from labeling import workflow
+from labeling.models import Assignment, Task
+from projects.access import project_access
+from tests.conftest import World
+from tests.factories import DatasetFactory, ItemFactory
+from tests.labeling.conftest import SPEC, publish
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_an_assigned_task_is_handed_out_while_a_co_annotator_holds_its_row(world: World) -> None:
+    assert publish(world, SPEC).status_code == 201
+    dataset = DatasetFactory(organization=world.org)
+    ItemFactory.create_batch(3, dataset=dataset)
+    dataset.projects.add(world.project)
+    from labeling.services import tasks_ensure
+
+    tasks_ensure(world.project.pk)
+    manager, annotator = world.users["manager"], world.users["annotator"]
+    access = project_access(user=manager, project_id=world.project.pk)
+    workflow.workflow_update(actor=manager, access=access, changes={"overlap": 2})
+    target = Task.objects.filter(project=world.project).order_by("-id").first()
+    assert target is not None
+    workflow.assignments_bulk(
+        actor=manager,
+        access=access,
+        task_filter={"tasks": [target.pk]},
+        quotas=[workflow.Quota(annotator.pk, 1)],
+    )
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_task_row() -> None:
+        try:
+            with transaction.atomic():
+                Task.objects.select_for_update().get(id=target.pk)  # e.g. a co-annotator's submit
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_task_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        handed = workflow.task_next(
+            actor=annotator, access=project_access(user=annotator, project_id=world.project.pk)
+        )
+    finally:
+        release.set()
+        holder.join()
+    assert handed is not None and handed.task.pk == target.pk
+    assert Assignment.objects.get(task=target, user=annotator).state == "active"
