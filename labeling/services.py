@@ -62,6 +62,25 @@ def schema_current(project_id: int) -> LabelSchema | None:
     return LabelSchema.objects.filter(project_id=project_id).order_by("-version").first()
 
 
+# The current version's id, as a subquery for hand-written statements on hot paths (project `p`).
+CURRENT_SCHEMA_SQL = (
+    "(SELECT s.id FROM labeling_labelschema s WHERE s.project_id = {project} ORDER BY s.version DESC LIMIT 1)"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def schema_by_id(schema_id: int) -> LabelSchema:
+    """A schema version by id, kept for the life of the process: versions never change."""
+    return LabelSchema.objects.get(id=schema_id)
+
+
+def require_schema_id(project_id: int, schema_id: int | None) -> LabelSchema:
+    """The current schema from its id (read with CURRENT_SCHEMA_SQL); NoLabelSchema when none."""
+    if schema_id is None:
+        raise NoLabelSchema(project_id=project_id)
+    return schema_by_id(schema_id)
+
+
 def _require_schema(project_id: int) -> LabelSchema:
     schema = schema_current(project_id)
     if schema is None:

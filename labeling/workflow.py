@@ -36,8 +36,15 @@ from labeling.models import (
     TaskState,
     Verdict,
 )
-from labeling.services import _require_schema, _validate, item_facts, region_changes
-from projects.access import ProjectAccess, ProjectAction, model_from_row
+from labeling.services import (
+    CURRENT_SCHEMA_SQL,
+    _require_schema,
+    _validate,
+    item_facts,
+    region_changes,
+    require_schema_id,
+)
+from projects.access import ProjectAccess, ProjectAction
 from projects.audit import audit_record
 from projects.exceptions import (
     Conflict,
@@ -47,10 +54,21 @@ from projects.exceptions import (
     SchemaViolation,
 )
 from projects.models import Organization, Project
-from storage.models import Item
+from projects.rows import Columns, fetch_one
+from storage.models import Blob, Item
 
 FINAL_STATES = (TaskState.ACCEPTED, TaskState.DONE)
 REVIEW_LEASE = timedelta(minutes=30)
+
+# The queue's hot paths read through hand-written statements (projects/rows.py): every annotator
+# calls next and submit all day, and building these joins through the ORM costs several times
+# what PostgreSQL spends answering them.
+_TASK = Columns(Task, "t")
+_PROJECT = Columns(Project, "p")
+_ASSIGNMENT = Columns(Assignment, "a")
+_ITEM = Columns(Item, "i")
+_BLOB = Columns(Blob, "b")
+_DRAFT = Columns(Annotation, "d")
 
 
 class LeaseInvalid(Conflict):
@@ -203,22 +221,49 @@ def _after_submission(task: Task, workflow: Workflow, actor: User) -> None:
     task.open_slots = 0
 
 
+_LOCKED_TASK_SQL = (
+    f"SELECT {_TASK.sql}, {_PROJECT.sql} FROM labeling_task t"  # noqa: S608  (model metadata)
+    " JOIN projects_project p ON p.id = t.project_id WHERE t.id = %s FOR UPDATE OF t"
+)
+
+
 def _locked_task(task_id: int) -> Task:
-    return Task.objects.select_for_update(of=("self",)).select_related("project").get(id=task_id)
+    """Lock a task row (with its project loaded, for audit entries of state changes)."""
+    found = fetch_one(_LOCKED_TASK_SQL, [task_id], _TASK, _PROJECT)
+    if found is None:
+        raise Task.DoesNotExist(f"task {task_id}")
+    task, task.project = found
+    return task
+
+
+_LOCKED_ASSIGNMENT_SQL = f"SELECT {_ASSIGNMENT.sql} FROM labeling_assignment a WHERE a.id = %s FOR UPDATE"  # noqa: S608
+
+
+def _locked_assignment(assignment_id: int) -> Assignment:
+    found = fetch_one(_LOCKED_ASSIGNMENT_SQL, [assignment_id], _ASSIGNMENT)
+    if found is None:
+        raise Assignment.DoesNotExist(f"assignment {assignment_id}")
+    return found[0]
 
 
 def _save_task(task: Task) -> None:
-    task.save(
-        update_fields=[
-            "state",
-            "active",
-            "submitted",
-            "open_slots",
-            "review_by",
-            "review_until",
-            "updated_at",
-        ]
-    )
+    """Write what the services change on a locked task: its state, counters and review lease."""
+    task.updated_at = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE labeling_task SET state = %s, active = %s, submitted = %s, open_slots = %s,"
+            " review_by_id = %s, review_until = %s, updated_at = %s WHERE id = %s",
+            [
+                task.state,
+                task.active,
+                task.submitted,
+                task.open_slots,
+                task.review_by_id,
+                task.review_until,
+                task.updated_at,
+                task.pk,
+            ],
+        )
 
 
 def _free_slot(task: Task) -> None:
@@ -280,13 +325,7 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
     now = timezone.now()
     with transaction.atomic():
         _lock_caller(project.pk, actor.pk)
-        mine = Assignment.objects.filter(task__project_id=project.pk, user=actor)
-        # Held leases first (oldest), then pending ones (rework first, then by priority).
-        waiting = list(
-            mine.filter(state__in=(AssignmentState.ACTIVE, AssignmentState.PENDING)).order_by(
-                "state", "started_at", "-rework", "-task__priority", "task_id"
-            )[: workflow.max_active + 1]
-        )
+        waiting = _waiting(project.pk, actor.pk, workflow.max_active + 1)
         held = [a for a in waiting if a.state == AssignmentState.ACTIVE]
         if len(held) >= workflow.max_active:
             renewed = now + timedelta(seconds=workflow.lease_seconds)
@@ -296,7 +335,7 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
                     lease_until=renewed
                 ):
                     assignment.lease_until = renewed
-                    return _handed(assignment, None, project)
+                    return _handed(assignment, project)
         pending = next((a for a in waiting if a.state == AssignmentState.PENDING), None)
         if pending is not None and workflow.assignment in ("manual", "both"):
             # Lock it and read it again: a manager may be withdrawing or moving it right now.
@@ -308,10 +347,12 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
         if pending is not None and workflow.assignment in ("manual", "both"):
             _lease(pending, workflow, now)
             pending.save(update_fields=["state", "lease_id", "lease_until", "started_at"])
-            return _handed(pending, None, project)
+            return _handed(pending, project)
         if workflow.assignment == "manual":
             return None
-        if workflow.max_total is not None and mine.count() >= workflow.max_total:
+        if workflow.max_total is not None and (
+            Assignment.objects.filter(task__project_id=project.pk, user=actor).count() >= workflow.max_total
+        ):
             return None
         task = _pull(project, actor.pk, _ORDER[workflow.ordering])
         if task is None:
@@ -321,53 +362,81 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
         assignment = Assignment(task=task, user=actor)
         _lease(assignment, workflow, now)
         assignment.save()
-        return _handed(assignment, task, project)
+        return _handed(assignment, project)
 
 
-_TASK_FIELDS = [f.attname for f in Task._meta.concrete_fields]
+# The caller's held leases first (the one started first leads), then what a manager reserved for
+# them (rework first, then by priority).
+_WAITING_SQL = (
+    f"SELECT {_ASSIGNMENT.sql} FROM labeling_assignment a"  # noqa: S608  (model metadata)
+    " JOIN labeling_task t ON t.id = a.task_id"
+    " WHERE t.project_id = %s AND a.user_id = %s AND a.state IN ('active', 'pending')"
+    " ORDER BY a.state, a.started_at, a.rework DESC, t.priority DESC, a.task_id LIMIT %s"
+)
+
+
+def _waiting(project_id: int, user_id: int, limit: int) -> list[Assignment]:
+    with connection.cursor() as cursor:
+        cursor.execute(_WAITING_SQL, [project_id, user_id, limit])
+        return [_ASSIGNMENT.build(row) for row in cursor.fetchall()]
 
 
 def _pull(project: Project, user_id: int, order: str) -> Task | None:
     """Lock and return the first task with a free slot the user never had, skipping locked rows."""
-    columns = ", ".join(f"t.{name}" for name in _TASK_FIELDS)
     sql = f"""
-        SELECT {columns} FROM labeling_task t
+        SELECT {_TASK.sql} FROM labeling_task t
         WHERE t.project_id = %s AND t.open_slots > 0
           AND NOT EXISTS (SELECT 1 FROM labeling_assignment a WHERE a.task_id = t.id AND a.user_id = %s)
         ORDER BY {order}
         LIMIT 1
         FOR UPDATE OF t SKIP LOCKED
     """  # noqa: S608  (column names from model metadata, order one of the constant clauses of _ORDER)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [project.pk, user_id])
-        row = cursor.fetchone()
-    if row is None:
+    found = fetch_one(sql, [project.pk, user_id], _TASK)
+    if found is None:
         return None
-    task = model_from_row(Task, _TASK_FIELDS, row)
+    task = found[0]
     task.project = project
     return task
 
 
-def _handed(assignment: Assignment, task: Task | None, project: Project) -> Handed:
-    if task is None:
-        task = Task.objects.get(id=assignment.task_id)
-        task.project = project
-    task.item = Item.objects.select_related("primary").get(id=task.item_id)
-    draft = None
-    if assignment.annotation_id is not None:
-        draft = Annotation.objects.filter(id=assignment.annotation_id).first()
-    return Handed(assignment=assignment, task=task, draft=draft)
+_HANDED_SQL = (
+    f"SELECT {_TASK.sql}, {_ITEM.sql}, {_BLOB.sql}, {_DRAFT.sql} FROM labeling_task t"  # noqa: S608
+    " JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id"
+    " LEFT JOIN labeling_annotation d ON d.id = %s WHERE t.id = %s"
+)
 
 
-def _own_assignment(actor: User, access: ProjectAccess, assignment_id: int) -> Assignment:
-    found = (
-        Assignment.objects.select_related("task__item")
-        .filter(id=assignment_id, user=actor, task__project_id=access.project.pk)
-        .first()
+def _handed(assignment: Assignment, project: Project) -> Handed:
+    """The task of an assignment as `next` hands it out: its item and the caller's draft, if any."""
+    found = fetch_one(
+        _HANDED_SQL, [assignment.annotation_id, assignment.task_id], _TASK, _ITEM, _BLOB, _DRAFT
     )
     if found is None:
+        raise Task.DoesNotExist(f"task {assignment.task_id}")
+    task, item, item.primary, draft = found
+    task.project, task.item = project, item
+    return Handed(assignment=assignment, task=task, draft=draft if draft.pk is not None else None)
+
+
+# The caller's assignment in this project, with its task, item and the current schema version.
+_OWN_SQL = (
+    f"SELECT {_ASSIGNMENT.sql}, {_TASK.sql}, {_ITEM.sql}, "  # noqa: S608  (model metadata)
+    + CURRENT_SCHEMA_SQL.format(project="t.project_id")
+    + " FROM labeling_assignment a JOIN labeling_task t ON t.id = a.task_id"
+    " JOIN storage_item i ON i.id = t.item_id"
+    " WHERE a.id = %s AND a.user_id = %s AND t.project_id = %s"
+)
+
+
+def _own_assignment(actor: User, access: ProjectAccess, assignment_id: int) -> tuple[Assignment, int | None]:
+    """(the caller's assignment with its task and item, the current schema version's id)."""
+    found = fetch_one(_OWN_SQL, [assignment_id, actor.pk, access.project.pk], _ASSIGNMENT, _TASK, _ITEM)
+    if found is None:
         raise NotFound("Assignment not found.", assignment_id=assignment_id)
-    return found
+    assignment, task, task.item, schema_id = found
+    task.project = access.project
+    assignment.task = task
+    return assignment, schema_id
 
 
 def _check_lease(assignment: Assignment, lease_id: Any) -> None:
@@ -391,13 +460,13 @@ def assignment_draft(
     access.require(ProjectAction.ANNOTATE)
     regions = _regions_list(result)
     workflow = workflow_of(access.project)
-    schema = _require_schema(access.project.pk)
-    found = _own_assignment(actor, access, assignment_id)
+    found, schema_id = _own_assignment(actor, access, assignment_id)
+    schema = require_schema_id(access.project.pk, schema_id)
     with transaction.atomic():
         # The task first, like a submit: a draft's first save inserts an annotation, which takes a
         # key lock on the task row, so locking the assignment first could deadlock with a submit.
         _locked_task(found.task_id)
-        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        assignment = _locked_assignment(found.pk)
         _check_lease(assignment, lease_id)
         if assignment.state not in (AssignmentState.ACTIVE, AssignmentState.EXPIRED):
             # Submitted, skipped, released or withdrawn: an autosave arriving late changes nothing.
@@ -462,13 +531,13 @@ def assignment_submit(
     the slot the work is saved as a draft and SlotTaken names it.
     """
     access.require(ProjectAction.ANNOTATE)
-    found = _own_assignment(actor, access, assignment_id)
-    schema = _require_schema(access.project.pk)
+    found, schema_id = _own_assignment(actor, access, assignment_id)
+    schema = require_schema_id(access.project.pk, schema_id)
     workflow = workflow_of(access.project)
     regions = _validate(result, schema, item_facts(found.task.item))
     with transaction.atomic():
         task = _locked_task(found.task_id)
-        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        assignment = _locked_assignment(found.pk)
         _check_lease(assignment, lease_id)
         if assignment.state == AssignmentState.SUBMITTED and assignment.annotation_id is not None:
             return Annotation.objects.get(id=assignment.annotation_id), False
@@ -485,7 +554,7 @@ def assignment_submit(
             return annotation, True
     # The slot is gone: keep the work as the caller's draft, in its own transaction, then say so.
     with transaction.atomic():
-        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        assignment = _locked_assignment(found.pk)
         draft = _write_draft(assignment, actor, regions, schema.version)
         assignment.annotation = draft
         assignment.save(update_fields=["annotation"])
@@ -544,10 +613,10 @@ def assignment_give_back(
 ) -> Assignment:
     """Skip (with a reason) or release a task: the slot reopens for others, never for the caller."""
     access.require(ProjectAction.ANNOTATE)
-    found = _own_assignment(actor, access, assignment_id)
+    found, _ = _own_assignment(actor, access, assignment_id)
     with transaction.atomic():
         task = _locked_task(found.task_id)
-        assignment = Assignment.objects.select_for_update().get(id=found.pk)
+        assignment = _locked_assignment(found.pk)
         _check_lease(assignment, lease_id)
         if assignment.state != AssignmentState.ACTIVE:
             raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)

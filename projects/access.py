@@ -9,17 +9,14 @@ permission tests iterate over it. Rules of visibility:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
 
 from django.contrib.auth.models import User
-from django.db import connection
-from django.db.models import Model
 
 from projects.exceptions import NotFound, PermissionDenied
 from projects.models import Membership, Organization, OrgRole, Project, ProjectMember, ProjectRole
+from projects.rows import Columns, fetch_one
 
 ORG_ADMIN = "org_admin"  # pseudo project role of an organization's owners and admins
 
@@ -191,16 +188,13 @@ def _effective_role(member_role: str | None, org_role: str | None) -> str | None
     return member_role
 
 
-_PROJECT_FIELDS = [f.attname for f in Project._meta.concrete_fields]
-_ORG_FIELDS = [f.attname for f in Organization._meta.concrete_fields]
+_PROJECT = Columns(Project, "p")
+_ORG = Columns(Organization, "o")
 # Every project-scoped request starts here: one statement for the project, its organization and
 # the caller's two roles, instead of three ORM queries (whose building costs more than running).
 _ACCESS_SQL = (
-    "SELECT "  # noqa: S608  (column names from model metadata; values are parameters)
-    + ", ".join(f"p.{c}" for c in _PROJECT_FIELDS)
-    + ", "
-    + ", ".join(f"o.{c}" for c in _ORG_FIELDS)
-    + ", (SELECT m.role FROM projects_projectmember m WHERE m.project_id = p.id AND m.user_id = %s)"
+    f"SELECT {_PROJECT.sql}, {_ORG.sql}"  # noqa: S608  (column names from model metadata)
+    ", (SELECT m.role FROM projects_projectmember m WHERE m.project_id = p.id AND m.user_id = %s)"
     ", (SELECT r.role FROM projects_membership r"
     " WHERE r.organization_id = p.organization_id AND r.user_id = %s)"
     " FROM projects_project p JOIN projects_organization o ON o.id = p.organization_id WHERE p.id = %s"
@@ -209,30 +203,9 @@ _ACCESS_SQL = (
 
 def project_access(*, user: User, project_id: int) -> ProjectAccess:
     """The caller's access to a project; NotFound when the caller may not see it."""
-    with connection.cursor() as cursor:
-        cursor.execute(_ACCESS_SQL, [user.pk, user.pk, project_id])
-        row = cursor.fetchone()
-    role = _effective_role(row[-2], row[-1]) if row is not None else None
-    if row is None or role is None:
+    found = fetch_one(_ACCESS_SQL, [user.pk, user.pk, project_id], _PROJECT, _ORG)
+    role = _effective_role(found[2], found[3]) if found is not None else None
+    if found is None or role is None:
         raise NotFound("Project not found.", project_id=project_id)
-    split = len(_PROJECT_FIELDS)
-    project = model_from_row(Project, _PROJECT_FIELDS, row[:split])
-    project.organization = model_from_row(Organization, _ORG_FIELDS, row[split : split + len(_ORG_FIELDS)])
+    project, project.organization = found[0], found[1]
     return ProjectAccess(project=project, role=role)
-
-
-M = TypeVar("M", bound=Model)
-
-
-def model_from_row(model: type[M], attnames: list[str], values: Sequence[Any]) -> M:
-    """A model instance from a row of hand-written SQL, with field converters applied (JSON…)."""
-    convert = {
-        f.attname: f.from_db_value  # type: ignore[attr-defined]
-        for f in model._meta.concrete_fields
-        if hasattr(f, "from_db_value")
-    }
-    converted = [
-        convert[name](value, None, connection) if name in convert else value
-        for name, value in zip(attnames, values, strict=True)
-    ]
-    return model.from_db(connection.alias, attnames, converted)

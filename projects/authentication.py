@@ -6,14 +6,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import connection
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from projects.access import model_from_row
 from projects.models import ApiToken
+from projects.rows import Columns, fetch_one
 from projects.services import api_token_digest
 
 # last_used_at is for people auditing their tokens, not for accounting: refreshing it at most
@@ -61,28 +60,21 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
         }
 
 
-_USER_FIELDS = [f.attname for f in User._meta.concrete_fields]
-_TOKEN_FIELDS = ["id", "user_id", "name", "prefix", "last_used_at", "expires_at"]
+_USER = Columns(User, "u")
+_TOKEN = Columns(ApiToken, "t", ["id", "user_id", "name", "prefix", "last_used_at", "expires_at"])
 # One hand-written statement: every API request authenticates, and building the same query through
 # the ORM (select_related, Q objects, compiling) costs more CPU than PostgreSQL spends answering it.
 _TOKEN_SQL = (
-    "SELECT "  # noqa: S608  (column names from model metadata; values are parameters)
-    + ", ".join(f"t.{c}" for c in _TOKEN_FIELDS)
-    + ", "
-    + ", ".join(f"u.{c}" for c in _USER_FIELDS)
-    + " FROM projects_apitoken t JOIN auth_user u ON u.id = t.user_id"
+    f"SELECT {_TOKEN.sql}, {_USER.sql}"  # noqa: S608  (column names from model metadata)
+    " FROM projects_apitoken t JOIN auth_user u ON u.id = t.user_id"
     " WHERE t.digest = %s AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > %s)"
 )
 
 
 def token_lookup(digest: str, now: Any) -> ApiToken | None:
     """The live token with this digest, with its user loaded; None if revoked, expired or unknown."""
-    with connection.cursor() as cursor:
-        cursor.execute(_TOKEN_SQL, [digest, now])
-        row = cursor.fetchone()
-    if row is None:
+    found = fetch_one(_TOKEN_SQL, [digest, now], _TOKEN, _USER)
+    if found is None:
         return None
-    split = len(_TOKEN_FIELDS)
-    token = model_from_row(ApiToken, _TOKEN_FIELDS, row[:split])
-    token.user = model_from_row(User, _USER_FIELDS, row[split:])
+    token, token.user = found
     return token

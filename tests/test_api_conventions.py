@@ -11,8 +11,8 @@ import yaml
 from django.core.cache import cache
 from openapi_spec_validator import validate
 from rest_framework.test import APIClient
-from rest_framework.throttling import UserRateThrottle
 
+from config.throttling import UserRateThrottle
 from tests.conftest import World, assert_error
 from tests.factories import MembershipFactory, OrganizationFactory
 
