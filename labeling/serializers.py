@@ -21,7 +21,7 @@ from labeling.models import (
     TaskState,
     Verdict,
 )
-from projects.serializers import UserBriefOutput
+from projects.serializers import FieldsBuiltOnce, UserBriefOutput
 
 REGIONS_HELP = "Regions in the one region format (docs/annotations.md)."
 
@@ -82,7 +82,7 @@ class TasksCreateInput(serializers.Serializer):
     )
 
 
-class TaskOutput(serializers.ModelSerializer):
+class TaskOutput(FieldsBuiltOnce, serializers.ModelSerializer):
     item_name = serializers.CharField(source="item.name")
     modality = serializers.CharField(source="item.modality")
 
@@ -124,7 +124,7 @@ class AnnotationUpdateInput(serializers.Serializer):
     ground_truth = serializers.BooleanField(required=False)
 
 
-class AnnotationOutput(serializers.ModelSerializer):
+class AnnotationOutput(FieldsBuiltOnce, serializers.ModelSerializer):
     author = UserBriefOutput()
 
     class Meta:
@@ -239,7 +239,7 @@ class WorkflowSerializer(serializers.Serializer):
     rejected_to = serializers.ChoiceField(choices=["author", "pool"])
 
 
-class AssignmentOutput(serializers.ModelSerializer):
+class AssignmentOutput(FieldsBuiltOnce, serializers.ModelSerializer):
     class Meta:
         model = Assignment
         fields = [

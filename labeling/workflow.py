@@ -54,7 +54,7 @@ from projects.exceptions import (
     SchemaViolation,
 )
 from projects.models import Organization, Project
-from projects.rows import Columns, fetch_one
+from projects.rows import Columns, fetch_one, insert, update
 from storage.models import Blob, Item
 
 FINAL_STATES = (TaskState.ACCEPTED, TaskState.DONE)
@@ -248,22 +248,7 @@ def _locked_assignment(assignment_id: int) -> Assignment:
 
 def _save_task(task: Task) -> None:
     """Write what the services change on a locked task: its state, counters and review lease."""
-    task.updated_at = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE labeling_task SET state = %s, active = %s, submitted = %s, open_slots = %s,"
-            " review_by_id = %s, review_until = %s, updated_at = %s WHERE id = %s",
-            [
-                task.state,
-                task.active,
-                task.submitted,
-                task.open_slots,
-                task.review_by_id,
-                task.review_until,
-                task.updated_at,
-                task.pk,
-            ],
-        )
+    update(task, ["state", "active", "submitted", "open_slots", "review_by_id", "review_until", "updated_at"])
 
 
 def _free_slot(task: Task) -> None:
@@ -346,7 +331,7 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
             )
         if pending is not None and workflow.assignment in ("manual", "both"):
             _lease(pending, workflow, now)
-            pending.save(update_fields=["state", "lease_id", "lease_until", "started_at"])
+            update(pending, ["state", "lease_id", "lease_until", "started_at"])
             return _handed(pending, project)
         if workflow.assignment == "manual":
             return None
@@ -361,7 +346,7 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
         _save_task(task)
         assignment = Assignment(task=task, user=actor)
         _lease(assignment, workflow, now)
-        assignment.save()
+        insert(assignment)
         return _handed(assignment, project)
 
 
@@ -475,7 +460,7 @@ def assignment_draft(
         if assignment.state == AssignmentState.ACTIVE:
             assignment.lease_until = timezone.now() + timedelta(seconds=workflow.lease_seconds)
         assignment.annotation = annotation
-        assignment.save(update_fields=["lease_until", "annotation"])
+        update(assignment, ["lease_until", "annotation_id"])
     return annotation
 
 
@@ -484,26 +469,27 @@ def _write_draft(assignment: Assignment, actor: User, regions: list[Any], schema
     if assignment.annotation_id is not None:
         annotation = Annotation.objects.select_for_update().filter(id=assignment.annotation_id).first()
     if annotation is None:
-        annotation = Annotation.objects.create(
+        annotation = Annotation(
             task_id=assignment.task_id,
             author=actor,
             schema_version=schema_version,
             state=AnnotationState.DRAFT,
             result=regions,
         )
+        insert(annotation)
         before: list[Any] = []
         action = RevisionAction.CREATE
     else:
         before, action = annotation.result, RevisionAction.UPDATE
         annotation.result, annotation.schema_version = regions, schema_version
         annotation.version += 1
-        annotation.save(update_fields=["result", "schema_version", "version", "updated_at"])
+        update(annotation, ["result", "schema_version", "version", "updated_at"])
     _revision(annotation, action, actor, before)
     return annotation
 
 
 def _revision(annotation: Annotation, action: str, actor: User, before: list[Any]) -> None:
-    AnnotationRevision.objects.create(
+    revision = AnnotationRevision(
         annotation=annotation,
         version=annotation.version,
         action=action,
@@ -513,6 +499,7 @@ def _revision(annotation: Annotation, action: str, actor: User, before: list[Any
         result=annotation.result,
         changes=region_changes(before, annotation.result),
     )
+    insert(revision)
 
 
 def assignment_submit(
@@ -561,6 +548,18 @@ def assignment_submit(
     raise SlotTaken(draft_id=draft.pk, task_id=found.task_id)
 
 
+_SUBMITTED_FIELDS = [
+    "result",
+    "schema_version",
+    "state",
+    "submitted_at",
+    "review_status",
+    "lead_time_ms",
+    "version",
+    "updated_at",
+]
+
+
 def _submit(
     assignment: Assignment,
     task: Task,
@@ -583,7 +582,10 @@ def _submit(
     annotation.state, annotation.submitted_at, annotation.review_status = AnnotationState.SUBMITTED, now, ""
     annotation.lead_time_ms += lead_time_ms
     annotation.version += 1
-    annotation.save()
+    if annotation.pk is None:
+        insert(annotation)
+    else:
+        update(annotation, _SUBMITTED_FIELDS)
     _revision(annotation, RevisionAction.SUBMIT, actor, before)
     assignment.state, assignment.annotation, assignment.finished_at = (
         AssignmentState.SUBMITTED,
@@ -591,7 +593,7 @@ def _submit(
         now,
     )
     assignment.lease_until = None
-    assignment.save(update_fields=["state", "annotation", "finished_at", "lease_until"])
+    update(assignment, ["state", "annotation_id", "finished_at", "lease_until"])
     task.active -= 1
     task.submitted += 1
     task.open_slots = max(task.overlap - task.active - task.submitted, 0)
@@ -622,7 +624,7 @@ def assignment_give_back(
             raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)
         assignment.state = AssignmentState.SKIPPED if skip else AssignmentState.RELEASED
         assignment.skip_reason, assignment.finished_at, assignment.lease_until = reason, timezone.now(), None
-        assignment.save(update_fields=["state", "skip_reason", "finished_at", "lease_until"])
+        update(assignment, ["state", "skip_reason", "finished_at", "lease_until"])
         _free_slot(task)
         _save_task(task)
     return assignment

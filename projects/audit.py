@@ -9,6 +9,7 @@ from django.db import models, transaction
 
 from projects.context import request_id_var
 from projects.models import AuditEvent, Organization, Project
+from projects.rows import insert
 
 
 def snapshot(obj: models.Model, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def audit_record(
         raise RuntimeError("audit_record must run inside the transaction of the change it records")
     if project is not None and organization is None:
         organization = project.organization
-    return AuditEvent.objects.create(
+    event = AuditEvent(
         actor=actor if actor is not None and actor.is_authenticated else None,
         verb=verb,
         object_type=obj._meta.model_name or type(obj).__name__.lower(),
@@ -44,3 +45,5 @@ def audit_record(
         changes=changes or {},
         request_id=request_id_var.get(),
     )
+    insert(event)  # on the queue's hot path (task state changes): statement built once
+    return event

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import connection
 from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -64,9 +65,11 @@ def idempotent(view: View) -> View:
             IdempotencyRecord.objects.filter(id=record.pk, status=0).delete()
             raise
         if 200 <= response.status_code < 300:
-            IdempotencyRecord.objects.filter(id=record.pk).update(
-                status=response.status_code, body=response.data
-            )
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE projects_idempotencyrecord SET status = %s, body = %s::jsonb WHERE id = %s",
+                    [response.status_code, json.dumps(response.data), record.pk],
+                )
         else:
             IdempotencyRecord.objects.filter(id=record.pk, status=0).delete()
         return response
@@ -74,12 +77,19 @@ def idempotent(view: View) -> View:
     return wrapper
 
 
+# Claims are on the path of every retry-safe write (each submit): one statement, no savepoint.
+_CLAIM_SQL = (
+    "INSERT INTO projects_idempotencyrecord (user_id, key, fingerprint, status, created_at)"
+    " VALUES (%s, %s, %s, 0, %s) ON CONFLICT (user_id, key) DO NOTHING RETURNING id"
+)
+
+
 def _claim(user_id: int, key: str, fingerprint: str) -> tuple[IdempotencyRecord, Response | None]:
-    try:
-        with transaction.atomic():
-            return IdempotencyRecord.objects.create(user_id=user_id, key=key, fingerprint=fingerprint), None
-    except IntegrityError:
-        pass
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, [user_id, key, fingerprint, timezone.now()])
+        claimed = cursor.fetchone()
+    if claimed is not None:
+        return IdempotencyRecord(id=claimed[0], user_id=user_id, key=key, fingerprint=fingerprint), None
     existing = IdempotencyRecord.objects.get(user_id=user_id, key=key)
     if existing.fingerprint != fingerprint:
         raise KeyReused()

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.utils import timezone
 from rest_framework import serializers
+from rest_framework.utils.serializer_helpers import BindingDict
 
 from projects.models import (
     ApiToken,
@@ -24,8 +25,33 @@ from projects.models import (
 
 MAX_SETTINGS_BYTES = 64 * 1024
 
+_BUILT: dict[type, BindingDict] = {}
 
-class UserBriefOutput(serializers.Serializer):
+
+class FieldsBuiltOnce:
+    """An output serializer whose fields are built once per class instead of once per instance.
+
+    DRF builds a serializer's fields every time one is instantiated (a ModelSerializer introspects
+    its model for each), which on the queue's hot paths cost more than the database work. Only for
+    serializers whose fields read nothing from the context or the instance they were built for
+    (no SerializerMethodField, no hyperlinks): the shared fields are bound to a context-free
+    prototype.
+    """
+
+    @property
+    def fields(self) -> BindingDict:
+        cls = type(self)
+        built = _BUILT.get(cls)
+        if built is None:
+            prototype = cls()
+            built = BindingDict(prototype)  # type: ignore[arg-type]
+            for name, field in prototype.get_fields().items():  # type: ignore[attr-defined]
+                built[name] = field
+            _BUILT[cls] = built
+        return built
+
+
+class UserBriefOutput(FieldsBuiltOnce, serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
 
