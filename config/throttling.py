@@ -23,6 +23,7 @@ from rest_framework.request import Request
 
 _client: redis.Redis | None = None
 _client_lock = threading.Lock()
+_script: Any = None
 
 
 def _redis() -> redis.Redis:
@@ -32,6 +33,23 @@ def _redis() -> redis.Redis:
             if _client is None:
                 _client = redis.Redis.from_url(settings.REDIS_URL)
     return _client
+
+
+# One round trip: count this request in the current window (which expires on its own) and read
+# the previous window's count.
+_COUNT = """
+local current = redis.call('INCR', KEYS[1])
+if current == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {current, redis.call('GET', KEYS[2])}
+"""
+
+
+def _count(*, keys: list[str], args: list[int]) -> tuple[int, bytes | None]:
+    global _script
+    if _script is None:
+        _script = _redis().register_script(_COUNT)
+    current, previous = _script(keys=keys, args=args)
+    return int(current), previous
 
 
 class _SlidingWindow:
@@ -51,11 +69,9 @@ class _SlidingWindow:
         window, into = divmod(now, self.duration)
         window = int(window)
         prefix = f"{settings.CACHES['default'].get('KEY_PREFIX', '')}:{key}"
-        pipe = _redis().pipeline(transaction=False)
-        pipe.incr(f"{prefix}:{window}")
-        pipe.expire(f"{prefix}:{window}", 2 * self.duration)
-        pipe.get(f"{prefix}:{window - 1}")
-        current, _, previous = pipe.execute()
+        current, previous = _count(
+            keys=[f"{prefix}:{window}", f"{prefix}:{window - 1}"], args=[2 * self.duration]
+        )
         estimate = int(previous or 0) * (1.0 - into / self.duration) + int(current)  # with this one
         if estimate <= self.num_requests:
             return True

@@ -64,11 +64,9 @@ REVIEW_LEASE = timedelta(minutes=30)
 # calls next and submit all day, and building these joins through the ORM costs several times
 # what PostgreSQL spends answering them.
 _TASK = Columns(Task, "t")
-_PROJECT = Columns(Project, "p")
 _ASSIGNMENT = Columns(Assignment, "a")
 _ITEM = Columns(Item, "i")
 _BLOB = Columns(Blob, "b")
-_DRAFT = Columns(Annotation, "d")
 
 
 class LeaseInvalid(Conflict):
@@ -221,18 +219,16 @@ def _after_submission(task: Task, workflow: Workflow, actor: User) -> None:
     task.open_slots = 0
 
 
-_LOCKED_TASK_SQL = (
-    f"SELECT {_TASK.sql}, {_PROJECT.sql} FROM labeling_task t"  # noqa: S608  (model metadata)
-    " JOIN projects_project p ON p.id = t.project_id WHERE t.id = %s FOR UPDATE OF t"
-)
+_LOCKED_TASK_SQL = f"SELECT {_TASK.sql} FROM labeling_task t WHERE t.id = %s FOR UPDATE"  # noqa: S608
 
 
-def _locked_task(task_id: int) -> Task:
-    """Lock a task row (with its project loaded, for audit entries of state changes)."""
-    found = fetch_one(_LOCKED_TASK_SQL, [task_id], _TASK, _PROJECT)
+def _locked_task(task_id: int, project: Project) -> Task:
+    """Lock a task row of `project` (the caller's access already loaded it, for audit entries)."""
+    found = fetch_one(_LOCKED_TASK_SQL, [task_id], _TASK)
     if found is None:
         raise Task.DoesNotExist(f"task {task_id}")
-    task, task.project = found
+    task = found[0]
+    task.project = project
     return task
 
 
@@ -385,22 +381,22 @@ def _pull(project: Project, user_id: int, order: str) -> Task | None:
 
 
 _HANDED_SQL = (
-    f"SELECT {_TASK.sql}, {_ITEM.sql}, {_BLOB.sql}, {_DRAFT.sql} FROM labeling_task t"  # noqa: S608
-    " JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id"
-    " LEFT JOIN labeling_annotation d ON d.id = %s WHERE t.id = %s"
+    f"SELECT {_TASK.sql}, {_ITEM.sql}, {_BLOB.sql} FROM labeling_task t"  # noqa: S608  (model metadata)
+    " JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id WHERE t.id = %s"
 )
 
 
 def _handed(assignment: Assignment, project: Project) -> Handed:
     """The task of an assignment as `next` hands it out: its item and the caller's draft, if any."""
-    found = fetch_one(
-        _HANDED_SQL, [assignment.annotation_id, assignment.task_id], _TASK, _ITEM, _BLOB, _DRAFT
-    )
+    found = fetch_one(_HANDED_SQL, [assignment.task_id], _TASK, _ITEM, _BLOB)
     if found is None:
         raise Task.DoesNotExist(f"task {assignment.task_id}")
-    task, item, item.primary, draft = found
+    task, item, item.primary = found
     task.project, task.item = project, item
-    return Handed(assignment=assignment, task=task, draft=draft if draft.pk is not None else None)
+    draft = None
+    if assignment.annotation_id is not None:  # a lease handed again, or rework: rare
+        draft = Annotation.objects.filter(id=assignment.annotation_id).first()
+    return Handed(assignment=assignment, task=task, draft=draft)
 
 
 # The caller's assignment in this project, with its task, item and the current schema version.
@@ -450,7 +446,7 @@ def assignment_draft(
     with transaction.atomic():
         # The task first, like a submit: a draft's first save inserts an annotation, which takes a
         # key lock on the task row, so locking the assignment first could deadlock with a submit.
-        _locked_task(found.task_id)
+        _locked_task(found.task_id, access.project)
         assignment = _locked_assignment(found.pk)
         _check_lease(assignment, lease_id)
         if assignment.state not in (AssignmentState.ACTIVE, AssignmentState.EXPIRED):
@@ -523,7 +519,7 @@ def assignment_submit(
     workflow = workflow_of(access.project)
     regions = _validate(result, schema, item_facts(found.task.item))
     with transaction.atomic():
-        task = _locked_task(found.task_id)
+        task = _locked_task(found.task_id, access.project)
         assignment = _locked_assignment(found.pk)
         _check_lease(assignment, lease_id)
         if assignment.state == AssignmentState.SUBMITTED and assignment.annotation_id is not None:
@@ -617,7 +613,7 @@ def assignment_give_back(
     access.require(ProjectAction.ANNOTATE)
     found, _ = _own_assignment(actor, access, assignment_id)
     with transaction.atomic():
-        task = _locked_task(found.task_id)
+        task = _locked_task(found.task_id, access.project)
         assignment = _locked_assignment(found.pk)
         _check_lease(assignment, lease_id)
         if assignment.state != AssignmentState.ACTIVE:
@@ -766,7 +762,7 @@ def assignment_reassign(
         raise InvalidInput("The user must be a member of the project.", user=user_id)
     with transaction.atomic():
         _lock_caller(access.project.pk, user_id)
-        _locked_task(found.task_id)
+        _locked_task(found.task_id, access.project)
         assignment = Assignment.objects.select_for_update().get(id=found.pk)
         if assignment.state not in (AssignmentState.PENDING, AssignmentState.ACTIVE):
             raise Conflict("Only pending or active assignments move.", code="assignment_finished")
@@ -799,7 +795,7 @@ def assignment_reassign(
 def assignment_unassign(*, actor: User, access: ProjectAccess, assignment_id: int) -> None:
     found = _managed_assignment(access, assignment_id)
     with transaction.atomic():
-        task = _locked_task(found.task_id)
+        task = _locked_task(found.task_id, access.project)
         assignment = Assignment.objects.select_for_update().get(id=found.pk)
         if assignment.state not in (AssignmentState.PENDING, AssignmentState.ACTIVE):
             raise Conflict("Only pending or active assignments are withdrawn.", code="assignment_finished")
@@ -896,7 +892,7 @@ def annotation_review(
         regions = _validate(result, _require_schema(access.project.pk), item_facts(found.task.item))
     workflow = workflow_of(access.project)
     with transaction.atomic():
-        task = _locked_task(found.task_id)
+        task = _locked_task(found.task_id, access.project)
         annotation = Annotation.objects.select_for_update().get(id=found.pk)
         reviewable = task.state in (TaskState.IN_REVIEW, TaskState.REJECTED)
         if not reviewable or annotation.state != AnnotationState.SUBMITTED or annotation.review_status:
