@@ -21,6 +21,9 @@ The rules, each enforced on every hop of a redirect chain:
 - credentials in the URL (``https://user:pass@host/``) go only to the origin they were given for,
   and never appear in the URLs this module reports.
 
+``request_json`` sends one request to a JSON API (an external model server) under the same rules;
+such servers usually live on internal networks, which the operator allow-lists explicitly.
+
 No Django here: the ingest service calls ``fetch_to_file`` outside any transaction and records the
 result.
 """
@@ -32,14 +35,15 @@ import hashlib
 import http.client
 import io
 import ipaddress
+import json
 import re
 import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, BinaryIO, Literal, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple, cast
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 if TYPE_CHECKING:
@@ -56,6 +60,7 @@ FetchRefusedCode = Literal[
     "bad_status",
     "bad_url",
     "connection_failed",
+    "not_json",
 ]
 
 GiB = 1024**3
@@ -458,9 +463,20 @@ def _checked_addresses(target: _Target, policy: FetchPolicy) -> list[IPAddress]:
 
 
 def _open(
-    target: _Target, auth: str | None, deadline: _Deadline, policy: FetchPolicy
+    target: _Target,
+    auth: str | None,
+    deadline: _Deadline,
+    policy: FetchPolicy,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> tuple[_PinnedConnection, http.client.HTTPResponse]:
-    """Connect to the first checked address that accepts, send the request, read the headers."""
+    """Connect to the first checked address that accepts, send the request, read the headers.
+
+    ``extra_headers`` are added to (and may replace) the defaults; an ``Authorization`` among them
+    wins over credentials from the URL.
+    """
     failures: list[str] = []
     for ip in _checked_addresses(target, policy):
         connection = _PinnedConnection(target, ip, deadline, policy)
@@ -479,10 +495,11 @@ def _open(
         headers = {"User-Agent": policy.user_agent, "Connection": "close", "Accept": "*/*"}
         if auth is not None:
             headers["Authorization"] = auth
+        headers.update(extra_headers or {})
         try:
             # http.client adds "Accept-Encoding: identity": the body is stored as sent, so a
             # compressed response cannot expand past max_bytes behind our back.
-            connection.request("GET", target.path, headers=headers)
+            connection.request(method, target.path, body=body, headers=headers)
             return connection, connection.getresponse()
         except BaseException:
             connection.close_socket()
@@ -538,36 +555,38 @@ def fetch_to_file(url: str, dest: BinaryIO, *, policy: FetchPolicy) -> FetchResu
             next_target = _parse_url(urljoin(target.public_url, location), policy)
             target = replace(next_target, username=None, password=None)
             redirects.append(target.public_url)
-    except TimeoutError as exc:
-        raise FetchRefused(
+    except (TimeoutError, http.client.HTTPException, OSError) as exc:
+        raise _refusal(exc, target, policy) from exc
+
+
+def _refusal(
+    exc: TimeoutError | http.client.HTTPException | OSError, target: _Target, policy: FetchPolicy
+) -> FetchRefused:
+    """The refusal reported for a timeout, a broken response or a network error."""
+    if isinstance(exc, TimeoutError):
+        return FetchRefused(
             "timeout",
             f"{target.public_url} took too long ({exc}): read_timeout is {policy.read_timeout}s, "
             f"total_timeout {policy.total_timeout}s",
-        ) from exc
-    except http.client.HTTPException as exc:
-        raise FetchRefused(
-            "connection_failed", f"{target.public_url} sent a broken response: {exc!r}"
-        ) from exc
-    except OSError as exc:
-        raise FetchRefused("connection_failed", f"connection to {target.public_url} failed: {exc}") from exc
+        )
+    if isinstance(exc, http.client.HTTPException):
+        return FetchRefused("connection_failed", f"{target.public_url} sent a broken response: {exc!r}")
+    return FetchRefused("connection_failed", f"connection to {target.public_url} failed: {exc}")
 
 
-def _receive(
+def _read_body(
     response: http.client.HTTPResponse,
     target: _Target,
-    dest: BinaryIO,
-    redirects: list[str],
     policy: FetchPolicy,
-) -> FetchResult:
-    if response.status != 200:
-        raise FetchRefused("bad_status", f"{target.public_url} answered {response.status} {response.reason}")
+    write: Callable[[bytes], object],
+) -> int:
+    """Hand the body to ``write`` chunk by chunk, never more than ``policy.max_bytes``; its size."""
     if response.length is not None and response.length > policy.max_bytes:
         raise FetchRefused(
             "too_large",
             f"{target.public_url} declares {response.length} bytes; the limit is {policy.max_bytes}",
         )
     declared = response.length
-    digest = hashlib.sha256()
     size = 0
     while True:
         # Never ask for more than one byte past the limit: that byte is the proof it is exceeded.
@@ -579,11 +598,29 @@ def _receive(
             raise FetchRefused(
                 "too_large", f"{target.public_url} sent more than the limit of {policy.max_bytes} bytes"
             )
-        digest.update(chunk)
-        dest.write(chunk)
+        write(chunk)
     if declared is not None and size != declared:
         # http.client reports a body cut short as a normal end when reading in chunks.
         raise FetchRefused("connection_failed", f"{target.public_url} ended after {size} of {declared} bytes")
+    return size
+
+
+def _receive(
+    response: http.client.HTTPResponse,
+    target: _Target,
+    dest: BinaryIO,
+    redirects: list[str],
+    policy: FetchPolicy,
+) -> FetchResult:
+    if response.status != 200:
+        raise FetchRefused("bad_status", f"{target.public_url} answered {response.status} {response.reason}")
+    digest = hashlib.sha256()
+
+    def write(chunk: bytes) -> None:
+        digest.update(chunk)
+        dest.write(chunk)
+
+    size = _read_body(response, target, policy, write)
     return FetchResult(
         url=target.public_url,
         status=response.status,
@@ -592,3 +629,81 @@ def _receive(
         sha256=digest.hexdigest(),
         redirects=tuple(redirects),
     )
+
+
+# --- JSON APIs ------------------------------------------------------------------------------------
+
+_JSON_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+_ERROR_TEXT_CHARS = 2000
+
+
+class JsonResponse(NamedTuple):
+    """What a JSON API answered."""
+
+    status: int
+    data: Any  # the parsed body; None when the body is empty, or when a non-2xx answer is not JSON
+    headers: Mapping[str, str]  # the response headers, names in lower case
+    text: str = ""  # the start of the body of a non-2xx answer that is not JSON, for messages
+
+
+def request_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    policy: FetchPolicy,
+    headers: Mapping[str, str] | None = None,
+) -> JsonResponse:
+    """Send one request to a JSON API under the same rules as ``fetch_to_file``; its answer.
+
+    ``body``, unless None, is sent as UTF-8 JSON (NaN and infinities are refused with ValueError:
+    they are not JSON). ``headers`` are added to the request; an ``Authorization`` among them wins
+    over credentials written in the URL. Redirects are never followed: a 3xx comes back as it is,
+    since a POST must not be replayed at another address, and an API that moved is a setting to fix.
+
+    A 2xx answer must be JSON (an empty body gives ``data`` None), else FetchRefused ``not_json``.
+    Any other status comes back with its body parsed when it is JSON, else with the start of its
+    text: the caller decides what a 404 or a 503 means. The address checks, the size limit
+    (``policy.max_bytes``, of the response), the timeouts and network failures raise FetchRefused
+    with the codes of ``fetch_to_file``. One connection per request, closed when the body is in.
+    """
+    method = method.upper()
+    if method not in _JSON_METHODS:
+        raise ValueError(f"method {method!r} is not one of {sorted(_JSON_METHODS)}")
+    deadline = _Deadline(policy.total_timeout)
+    target = _parse_url(url, policy)
+    payload = None if body is None else json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+    sent = {"Accept": "application/json"}
+    if payload is not None:
+        sent["Content-Type"] = "application/json; charset=utf-8"
+    sent.update(headers or {})
+    chunks: list[bytes] = []
+    try:
+        connection, response = _open(
+            target, _basic_auth(target), deadline, policy, method=method, body=payload, extra_headers=sent
+        )
+        try:
+            _read_body(response, target, policy, chunks.append)
+        finally:
+            connection.close_socket()
+    except (TimeoutError, http.client.HTTPException, OSError) as exc:
+        raise _refusal(exc, target, policy) from exc
+    status = response.status
+    received = {name.lower(): value for name, value in response.getheaders()}
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return JsonResponse(status, None, received)
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        if 200 <= status < 300:
+            raise FetchRefused(
+                "not_json", f"{target.public_url} answered {status} with a body that is not JSON: {exc}"
+            ) from exc
+        text = raw[:_ERROR_TEXT_CHARS].decode("utf-8", errors="replace")
+        return JsonResponse(status, None, received, text)
+    return JsonResponse(status, data, received)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

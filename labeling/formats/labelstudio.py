@@ -1002,9 +1002,10 @@ def _import_task(
             score: float | None = None
             if key == "predictions":
                 score = entry.get("score") if _is_num(entry.get("score")) else None
-            regions = _Annotation(
-                results, item, classes, ewhere, key == "predictions", score, result.errors
-            ).convert()
+            regions, problems = results_to_regions(
+                results, item, classes, prediction=key == "predictions", score=score, where=ewhere
+            )
+            result.errors.extend(problems)
             if regions or not results:
                 result.records.append(ImportedRecord(item=item, regions=regions, where=ewhere))
 
@@ -1020,3 +1021,20 @@ def import_(data: IO[bytes], classes: list[LabelClass], index: ItemIndex) -> Imp
         where = f"tasks[{reader.count}]" if reader.in_array else "tasks"
         result.errors.append(RecordError(where, "malformed", f"not a Label Studio JSON export: {exc}"))
     return result
+
+
+def results_to_regions(
+    results: list[Any],
+    item: ItemInfo,
+    classes: Mapping[str, LabelClass],
+    *,
+    prediction: bool,
+    score: float | None = None,
+    where: str = "",
+) -> tuple[list[dict[str, Any]], list[RecordError]]:
+    """One Label Studio result list (an annotation's or a prediction's) as Loupe regions, with
+    what could not be converted. The import uses it per record; model servers speaking the Label
+    Studio ML-backend protocol (labeling/inference/remote.py) per answer."""
+    errors: list[RecordError] = []
+    regions = _Annotation(results, item, classes, where, prediction, score, errors).convert()
+    return regions, errors
