@@ -4,13 +4,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import Figure, ingest, labeling, queue, startup
+from bench import Figure, ingest, labeling, prelabel, queue, startup
 
 SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "startup": startup.run,
     "ingest": ingest.run,
     "annotations": labeling.run,
     "queue": queue.run,
+    "prelabel": prelabel.run,
 }
 
 

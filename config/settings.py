@@ -199,6 +199,14 @@ LOUPE_URL_FETCH_TIMEOUT = env_int("LOUPE_URL_FETCH_TIMEOUT", 60, minimum=1)
 # Networks URL import may reach although they are not public (an internal data server). Empty:
 # only public addresses.
 LOUPE_URL_FETCH_ALLOWED_NETWORKS = env_list("LOUPE_URL_FETCH_ALLOWED_NETWORKS")
+# Pre-labeling (labeling/prelabel.py): model servers are usually internal hosts, so the networks
+# they may live in are allowed explicitly (empty: only public addresses).
+LOUPE_MODEL_ALLOWED_NETWORKS = env_list("LOUPE_MODEL_ALLOWED_NETWORKS")
+LOUPE_MODEL_TIMEOUT_S = env_int("LOUPE_MODEL_TIMEOUT_S", 60, minimum=1)
+LOUPE_PREDICT_TIMEOUT_S = env_int("LOUPE_PREDICT_TIMEOUT_S", 15, minimum=1)
+LOUPE_PRELABEL_BATCH = env_int("LOUPE_PRELABEL_BATCH", 32, minimum=1, maximum=256)
+# How model servers reach Loupe's signed media links when objects are in the local folder.
+LOUPE_PUBLIC_URL = env_str("LOUPE_PUBLIC_URL") or "http://127.0.0.1:8000"
 # Uploads stream to temporary files, never into memory beyond this.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]

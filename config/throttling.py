@@ -26,7 +26,7 @@ _client_lock = threading.Lock()
 _script: Any = None
 
 
-def _redis() -> redis.Redis:
+def redis_client() -> redis.Redis:
     global _client
     if _client is None:
         with _client_lock:
@@ -47,7 +47,7 @@ return {current, redis.call('GET', KEYS[2])}
 def _count(*, keys: list[str], args: list[int]) -> tuple[int, bytes | None]:
     global _script
     if _script is None:
-        _script = _redis().register_script(_COUNT)
+        _script = redis_client().register_script(_COUNT)
     current, previous = _script(keys=keys, args=args)
     return int(current), previous
 
@@ -75,7 +75,7 @@ class _SlidingWindow:
         estimate = int(previous or 0) * (1.0 - into / self.duration) + int(current)  # with this one
         if estimate <= self.num_requests:
             return True
-        _redis().decr(f"{prefix}:{window}")  # a refused request does not count against the caller
+        redis_client().decr(f"{prefix}:{window}")  # a refused request does not count against the caller
         self._wait = self._retry_after(int(previous or 0), estimate - 1, into)
         return False
 

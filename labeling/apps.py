@@ -6,7 +6,7 @@ class LabelingConfig(AppConfig):
     verbose_name = "Tasks, annotations, reviews and releases"
 
     def ready(self) -> None:
-        from labeling import jobs  # noqa: F401  (registers the labeling job kinds)
+        from labeling import jobs, prelabel  # noqa: F401  (register the labeling job kinds)
         from labeling.services import tasks_for_new_items
         from storage import hooks
 

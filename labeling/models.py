@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
-from projects.models import Job, Project
+from projects.models import Job, Organization, Project
 from storage.models import Item
 
 
@@ -196,6 +196,9 @@ class Annotation(models.Model):
     from_prediction = models.ForeignKey(
         "Prediction", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # When it started from a prediction: what became of each predicted region at submit
+    # (labeling/regions/compare.py), the raw material of the pre-label effectiveness report.
+    prediction_outcome = models.JSONField(null=True, blank=True)
     import_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -247,10 +250,73 @@ class AnnotationRevision(models.Model):
         return f"annotation {self.annotation_id} r{self.version}"
 
 
+class ModelKind(models.TextChoices):
+    BUILTIN = "builtin"  # code in Loupe (labeling/inference/builtin), runs in the worker
+    HTTP = "http"  # a model server speaking Loupe's protocol (docs/model-servers.md)
+    LABELSTUDIO = "labelstudio"  # a Label Studio ML backend, used unchanged
+    TRAINED = "trained"  # trained in Loupe on a release
+
+
+class MLModel(models.Model):
+    """A model an organization registered for pre-labeling; what it does is per version."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="ml_models")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "name"], name="ml_model_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelVersion(models.Model):
+    """One immutable version of a model: how to run it, what it reads and says, its defaults.
+
+    `labels` are the model's own vocabulary; `label_map` maps them onto schema class names (a
+    pre-label job may override it per project); labels it leaves out are dropped and counted.
+    """
+
+    model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=ModelKind.choices)
+    builtin = models.CharField(max_length=100, blank=True, default="")  # registry name (builtin)
+    endpoint = models.URLField(max_length=2000, blank=True, default="")  # http / labelstudio
+    task_type = models.CharField(max_length=50)
+    modalities = models.JSONField(default=list)
+    outputs = models.JSONField(default=list)  # region types
+    labels = models.JSONField(default=list)
+    params = models.JSONField(default=dict, blank=True)
+    label_map = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "version"], name="model_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.model_id}:{self.version}"
+
+
 class Prediction(models.Model):
-    """A model's regions for a task, with per-region scores (in `result`) and an overall score."""
+    """A model's regions for a task, with per-region scores (in `result`) and an overall score.
+
+    `source` is the registered model version that made it (pre-label jobs): at most one per task
+    and version, so a re-run or a worker killed mid-batch never duplicates. `model_version` is the
+    name shown and exported (free text for predictions imported or posted by clients).
+    """
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="predictions")
+    source = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="predictions"
+    )
     model_version = models.CharField(max_length=200)
     schema_version = models.IntegerField()
     result = RegionsField(default=list)
@@ -264,6 +330,8 @@ class Prediction(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["task", "model_version"]), models.Index(fields=["model_version"])]
+        # NULL sources (posted or imported predictions) are distinct, so only versions are unique.
+        constraints = [models.UniqueConstraint(fields=["task", "source"], name="prediction_once_per_source")]
 
     def __str__(self) -> str:
         return f"prediction {self.pk}"

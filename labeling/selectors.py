@@ -17,6 +17,7 @@ from labeling.models import (
     Assignment,
     Comment,
     LabelSchema,
+    ModelVersion,
     Prediction,
     Task,
     TaskState,
@@ -160,3 +161,89 @@ def annotator_stats(*, access: ProjectAccess) -> list[dict[str, Any]]:
             }
         )
     return stats
+
+
+def model_version_list(*, access: ProjectAccess) -> QuerySet[ModelVersion]:
+    """The registered versions of the organization's models (every member of a project sees them)."""
+    access.require(ProjectAction.PREDICTIONS_VIEW)
+    return (
+        ModelVersion.objects.filter(model__organization_id=access.project.organization_id)
+        .select_related("model")
+        .order_by("-id")
+    )
+
+
+def prelabel_effectiveness(*, access: ProjectAccess, model_version_id: int) -> dict[str, Any]:
+    """How much of a model version's predictions annotators kept in this project, and how long
+    their work took with and without a prediction to start from (submitted annotations only).
+
+    Aggregated in PostgreSQL over the outcomes recorded at submit (labeling/regions/compare.py);
+    medians with percentile_cont, no per-row Python.
+    """
+    access.require(ProjectAction.PROGRESS_VIEW)
+    project_id = access.project.pk
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(*), count(DISTINCT task_id) FROM labeling_prediction p
+            WHERE p.source_id = %s AND p.task_id IN (SELECT id FROM labeling_task WHERE project_id = %s)
+            """,
+            [model_version_id, project_id],
+        )
+        predictions, tasks_predicted = cursor.fetchone()
+        cursor.execute(
+            """
+            SELECT count(*),
+                   coalesce(sum((a.prediction_outcome->>'predicted')::int), 0),
+                   coalesce(sum((a.prediction_outcome->>'kept')::int), 0),
+                   coalesce(sum((a.prediction_outcome->>'edited')::int), 0),
+                   coalesce(sum((a.prediction_outcome->>'deleted')::int), 0),
+                   coalesce(sum((a.prediction_outcome->>'added')::int), 0),
+                   sum((a.prediction_outcome->>'mean_similarity')::float
+                       * ((a.prediction_outcome->>'kept')::int + (a.prediction_outcome->>'edited')::int)),
+                   sum((a.prediction_outcome->>'mean_similarity_edited')::float
+                       * (a.prediction_outcome->>'edited')::int),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY a.lead_time_ms)
+            FROM labeling_annotation a JOIN labeling_prediction p ON p.id = a.from_prediction_id
+            JOIN labeling_task t ON t.id = a.task_id
+            WHERE t.project_id = %s AND p.source_id = %s AND a.state = 'submitted'
+              AND a.deleted_at IS NULL AND a.prediction_outcome IS NOT NULL
+            """,
+            [project_id, model_version_id],
+        )
+        annotations, predicted, kept, edited, deleted, added, similarity_sum, edited_sum, median_with = (
+            cursor.fetchone()
+        )
+        cursor.execute(
+            """
+            SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY a.lead_time_ms)
+            FROM labeling_annotation a JOIN labeling_task t ON t.id = a.task_id
+            WHERE t.project_id = %s AND a.from_prediction_id IS NULL AND a.state = 'submitted'
+              AND a.deleted_at IS NULL AND a.lead_time_ms > 0
+            """,
+            [project_id],
+        )
+        annotations_without, median_without = cursor.fetchone()
+    matched = kept + edited
+    return {
+        "model_version": model_version_id,
+        "predictions": predictions,
+        "tasks_predicted": tasks_predicted,
+        "annotations_from_predictions": annotations,
+        "regions_predicted": predicted,
+        "regions_kept": kept,
+        "regions_edited": edited,
+        "regions_deleted": deleted,
+        "regions_added": added,
+        "acceptance_rate": kept / predicted if predicted else None,
+        "used_rate": matched / predicted if predicted else None,
+        "mean_similarity": similarity_sum / matched if matched and similarity_sum is not None else None,
+        "mean_similarity_edited": edited_sum / edited if edited and edited_sum is not None else None,
+        "regions_added_per_task": added / annotations if annotations else None,
+        "annotations_without_predictions": annotations_without,
+        "median_lead_time_ms_with": median_with,
+        "median_lead_time_ms_without": median_without,
+        "time_saved_ratio": (
+            1.0 - median_with / median_without if median_with is not None and median_without else None
+        ),
+    }

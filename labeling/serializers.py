@@ -16,6 +16,8 @@ from labeling.models import (
     Assignment,
     Comment,
     LabelSchema,
+    ModelKind,
+    ModelVersion,
     Prediction,
     Task,
     TaskState,
@@ -182,10 +184,10 @@ class PredictionsCreateInput(serializers.Serializer):
     predictions = PredictionInputRow(many=True, allow_empty=False)
 
 
-class PredictionOutput(serializers.ModelSerializer):
+class PredictionOutput(FieldsBuiltOnce, serializers.ModelSerializer):
     class Meta:
         model = Prediction
-        fields = ["id", "task", "model_version", "schema_version", "result", "score", "created_at"]
+        fields = ["id", "task", "source", "model_version", "schema_version", "result", "score", "created_at"]
 
 
 class PredictionsCreatedOutput(serializers.Serializer):
@@ -273,6 +275,9 @@ class NextOutput(serializers.Serializer):
     assignment = AssignmentOutput()
     draft = AnnotationOutput(allow_null=True)
     item = HandedItemOutput()
+    predictions = PredictionOutput(
+        many=True, help_text="Pre-labels to start from (newest per model version)."
+    )
 
 
 class LeaseInput(serializers.Serializer):
@@ -281,11 +286,25 @@ class LeaseInput(serializers.Serializer):
 
 class DraftInput(LeaseInput):
     result = RegionsInput(help_text="Work in progress: kept as it is, validated at submit.")
+    from_prediction = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The prediction the work started from.",
+    )
 
 
 class SubmitInput(LeaseInput):
     result = RegionsInput(help_text=REGIONS_HELP)
     lead_time_ms = serializers.IntegerField(min_value=0, max_value=7 * 24 * 3600 * 1000, default=0)
+    from_prediction = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The prediction the work started from.",
+    )
 
 
 class SkipInput(LeaseInput):
@@ -354,3 +373,116 @@ class CommentOutput(serializers.ModelSerializer):
             "resolved_by",
             "created_at",
         ]
+
+
+# --- Models and pre-labeling -------------------------------------------------------------------
+
+
+class BuiltinModelOutput(serializers.Serializer):
+    name = serializers.CharField()
+    title = serializers.CharField()
+    task_type = serializers.CharField()
+    modalities = serializers.ListField(child=serializers.CharField())
+    outputs = serializers.ListField(child=serializers.CharField())
+    labels = serializers.ListField(child=serializers.CharField())
+    params = serializers.DictField()
+    extra = serializers.CharField(
+        allow_null=True, help_text="The pyproject extra it needs (pip install 'loupe[…]')."
+    )
+    available = serializers.BooleanField(help_text="Whether it can run on this installation.")
+
+
+class ModelVersionInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200, help_text="The model; created with its first version.")
+    version = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(choices=[k for k in ModelKind.values if k != ModelKind.TRAINED])
+    builtin = serializers.CharField(max_length=100, required=False, default="", allow_blank=True)
+    endpoint = serializers.URLField(max_length=2000, required=False, default="", allow_blank=True)
+    task_type = serializers.CharField(max_length=50, required=False, default="", allow_blank=True)
+    modalities = serializers.ListField(
+        child=serializers.CharField(max_length=30), required=False, default=list
+    )
+    outputs = serializers.ListField(child=serializers.CharField(max_length=30), required=False, default=list)
+    labels = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, default=list, max_length=10_000
+    )
+    params = serializers.DictField(required=False, default=dict)
+    label_map = serializers.DictField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        default=dict,
+        help_text="The model's label → the schema class it becomes; labels left out are dropped.",
+    )
+    description = serializers.CharField(max_length=5000, required=False, default="", allow_blank=True)
+
+
+class ModelVersionOutput(FieldsBuiltOnce, serializers.ModelSerializer):
+    name = serializers.CharField(source="model.name")
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "version",
+            "kind",
+            "builtin",
+            "endpoint",
+            "task_type",
+            "modalities",
+            "outputs",
+            "labels",
+            "params",
+            "label_map",
+            "created_at",
+        ]
+
+
+class PrelabelInput(serializers.Serializer):
+    model_version = serializers.IntegerField(min_value=1)
+    filter = TaskFilterInput(required=False, default=dict)
+    overwrite = serializers.BooleanField(
+        default=False, help_text="Replace this version's earlier predictions (else those tasks are skipped)."
+    )
+    label_map = serializers.DictField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="For this project, instead of the version's own label map.",
+    )
+
+
+class PredictInput(serializers.Serializer):
+    model_version = serializers.IntegerField(min_value=1)
+
+
+class PrelabelReportOutput(serializers.Serializer):
+    model_version = serializers.IntegerField()
+    predictions = serializers.IntegerField()
+    tasks_predicted = serializers.IntegerField()
+    annotations_from_predictions = serializers.IntegerField()
+    regions_predicted = serializers.IntegerField()
+    regions_kept = serializers.IntegerField(help_text="Predicted regions submitted unchanged.")
+    regions_edited = serializers.IntegerField(
+        help_text="Predicted regions moved, resized, relabelled or retyped."
+    )
+    regions_deleted = serializers.IntegerField()
+    regions_added = serializers.IntegerField(help_text="Regions annotators drew that no prediction had.")
+    acceptance_rate = serializers.FloatField(allow_null=True, help_text="kept / predicted")
+    used_rate = serializers.FloatField(allow_null=True, help_text="(kept + edited) / predicted")
+    mean_similarity = serializers.FloatField(
+        allow_null=True, help_text="IoU (shapes, spans, segments) or 1 - normalized edit distance (text)."
+    )
+    mean_similarity_edited = serializers.FloatField(allow_null=True)
+    regions_added_per_task = serializers.FloatField(allow_null=True)
+    annotations_without_predictions = serializers.IntegerField()
+    median_lead_time_ms_with = serializers.FloatField(allow_null=True)
+    median_lead_time_ms_without = serializers.FloatField(allow_null=True)
+    time_saved_ratio = serializers.FloatField(
+        allow_null=True, help_text="1 - median time with a prediction / median time without."
+    )
+
+
+class PrelabelReportQuery(serializers.Serializer):
+    model_version = serializers.IntegerField(min_value=1)

@@ -33,6 +33,7 @@ from labeling.models import (
     RevisionAction,
     Task,
 )
+from labeling.regions.compare import prediction_outcome
 from projects.access import ProjectAccess, ProjectAction
 from projects.audit import audit_record
 from projects.bulk import copy_insert, copy_update
@@ -293,9 +294,25 @@ def annotation_create(
             from_prediction_id=from_prediction_id,
             submitted_at=now if state == AnnotationState.SUBMITTED else None,
         )
+        if state == AnnotationState.SUBMITTED:
+            record_prediction_outcome(annotation)
         action = RevisionAction.SUBMIT if state == AnnotationState.SUBMITTED else RevisionAction.CREATE
         _revision(annotation, action, actor, []).save()
     return annotation
+
+
+def record_prediction_outcome(annotation: Annotation, *, save: bool = True) -> None:
+    """At submit: compare the annotation with the prediction it started from, if any."""
+    if annotation.from_prediction_id is None:
+        return
+    predicted = (
+        Prediction.objects.filter(id=annotation.from_prediction_id).values_list("result", flat=True).first()
+    )
+    if predicted is None:
+        return
+    annotation.prediction_outcome = prediction_outcome(predicted, annotation.result)
+    if save:
+        Annotation.objects.filter(id=annotation.pk).update(prediction_outcome=annotation.prediction_outcome)
 
 
 def annotation_visible(*, user: User, access: ProjectAccess, annotation_id: int) -> Annotation:
@@ -363,6 +380,7 @@ def annotation_update(
                 timezone.now(),
                 RevisionAction.SUBMIT,
             )
+            record_prediction_outcome(locked, save=False)
         if change.lead_time_ms:
             locked.lead_time_ms += change.lead_time_ms
         if change.ground_truth is not None:

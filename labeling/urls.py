@@ -75,3 +75,11 @@ urlpatterns += [
     path(f"{P}/progress", views.ProgressView.as_view(), name="progress"),
     path(f"{P}/annotators", views.AnnotatorStatsView.as_view(), name="annotator-stats"),
 ]
+
+urlpatterns += [
+    path("models/builtin", views.BuiltinModelListView.as_view(), name="model-builtin-list"),
+    path(f"{P}/models", views.ModelVersionListView.as_view(), name="model-version-list"),
+    path(f"{P}/prelabel", views.PrelabelView.as_view(), name="prelabel"),
+    path(f"{P}/tasks/<int:task_id>/predict", views.TaskPredictView.as_view(), name="task-predict"),
+]
+urlpatterns += [path(f"{P}/prelabel/report", views.PrelabelReportView.as_view(), name="prelabel-report")]

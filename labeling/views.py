@@ -13,9 +13,10 @@ from rest_framework import generics, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from labeling import jobs as labeling_jobs
-from labeling import selectors, services, workflow
+from labeling import prelabel, selectors, services, workflow
 from labeling.models import (
     Annotation,
     AnnotationState,
@@ -23,6 +24,7 @@ from labeling.models import (
     AssignmentState,
     Comment,
     LabelSchema,
+    ModelVersion,
     Prediction,
     Task,
     TaskState,
@@ -32,6 +34,7 @@ from labeling.serializers import (
     AnnotationOutput,
     AnnotationUpdateInput,
     AssignmentOutput,
+    BuiltinModelOutput,
     BulkAssignInput,
     CommentInput,
     CommentOutput,
@@ -40,10 +43,16 @@ from labeling.serializers import (
     ExportInput,
     ForReviewOutput,
     ImportInput,
+    ModelVersionInput,
+    ModelVersionOutput,
     NextOutput,
+    PredictInput,
     PredictionOutput,
     PredictionsCreatedOutput,
     PredictionsCreateInput,
+    PrelabelInput,
+    PrelabelReportOutput,
+    PrelabelReportQuery,
     ReassignInput,
     ReviewInput,
     RevisionOutput,
@@ -370,6 +379,7 @@ def _handed_response(request: Request, handed: workflow.Handed) -> Response:
             "task": TaskOutput(handed.task).data,
             "assignment": AssignmentOutput(handed.assignment).data,
             "draft": AnnotationOutput(handed.draft).data if handed.draft is not None else None,
+            "predictions": [PredictionOutput(p).data for p in handed.predictions],
             "item": {
                 "id": item.pk,
                 "name": item.name,
@@ -424,6 +434,7 @@ class AssignmentDraftView(generics.GenericAPIView):
             assignment_id=assignment_id,
             lease_id=fields["lease_id"],
             result=fields["result"],
+            from_prediction_id=fields["from_prediction"],
         )
         return _annotation_response(draft)
 
@@ -446,6 +457,7 @@ class AssignmentSubmitView(generics.GenericAPIView):
             lease_id=fields["lease_id"],
             result=fields["result"],
             lead_time_ms=fields["lead_time_ms"],
+            from_prediction_id=fields["from_prediction"],
         )
         return _annotation_response(annotation, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
@@ -576,3 +588,75 @@ class AnnotatorStatsView(generics.GenericAPIView):
     @extend_schema(responses={200: dict}, tags=["workflow"])
     def get(self, request: Request, project_id: int) -> Response:
         return Response({"results": selectors.annotator_stats(access=_access(request, project_id))})
+
+
+# --- Models and pre-labeling -------------------------------------------------------------------
+
+
+class BuiltinModelListView(APIView):
+    @extend_schema(responses=BuiltinModelOutput(many=True), tags=["models"])
+    def get(self, request: Request) -> Response:
+        return Response(BuiltinModelOutput(prelabel.builtin_catalog(), many=True).data)
+
+
+class ModelVersionListView(ListView):
+    queryset = ModelVersion.objects.none()
+    output_class = ModelVersionOutput
+
+    @extend_schema(responses=ModelVersionOutput(many=True), tags=["models"])
+    def get(self, request: Request, project_id: int) -> Response:
+        access = _access(request, project_id)
+        return self.list_response(selectors.model_version_list(access=access))
+
+    @extend_schema(request=ModelVersionInput, responses={201: ModelVersionOutput}, tags=["models"])
+    def post(self, request: Request, project_id: int) -> Response:
+        access = _access(request, project_id)
+        fields = parse(ModelVersionInput, request)
+        version = prelabel.model_register(
+            actor=caller(request), access=access, spec=prelabel.VersionSpec(**fields)
+        )
+        return Response(ModelVersionOutput(version).data, status=status.HTTP_201_CREATED)
+
+
+class PrelabelView(generics.GenericAPIView):
+    @extend_schema(
+        request=PrelabelInput,
+        responses={202: JobOutput},
+        tags=["models"],
+        parameters=[idempotency_parameter()],
+    )
+    @idempotent
+    def post(self, request: Request, project_id: int) -> Response:
+        access = _access(request, project_id)
+        fields = parse(PrelabelInput, request)
+        job = prelabel.prelabel_start(
+            actor=caller(request),
+            access=access,
+            model_version_id=fields["model_version"],
+            task_filter=dict(fields["filter"]),
+            overwrite=fields["overwrite"],
+            label_map=fields["label_map"],
+        )
+        return Response(JobOutput(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class TaskPredictView(generics.GenericAPIView):
+    @extend_schema(request=PredictInput, responses=PredictionOutput, tags=["models"])
+    def post(self, request: Request, project_id: int, task_id: int) -> Response:
+        access = _access(request, project_id)
+        fields = parse(PredictInput, request)
+        prediction = prelabel.task_predict(
+            actor=caller(request), access=access, task_id=task_id, model_version_id=fields["model_version"]
+        )
+        return Response(PredictionOutput(prediction).data)
+
+
+class PrelabelReportView(generics.GenericAPIView):
+    @extend_schema(parameters=[PrelabelReportQuery], responses=PrelabelReportOutput, tags=["models"])
+    def get(self, request: Request, project_id: int) -> Response:
+        access = _access(request, project_id)
+        query = PrelabelReportQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        version = prelabel.model_version_get(access, query.validated_data["model_version"])
+        report = selectors.prelabel_effectiveness(access=access, model_version_id=version.pk)
+        return Response(PrelabelReportOutput(report).data)

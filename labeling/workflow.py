@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from labeling.models import (
     Assignment,
     AssignmentState,
     Comment,
+    Prediction,
     Review,
     RevisionAction,
     Task,
@@ -41,6 +42,7 @@ from labeling.services import (
     _require_schema,
     _validate,
     item_facts,
+    record_prediction_outcome,
     region_changes,
     require_schema_id,
 )
@@ -67,6 +69,7 @@ _TASK = Columns(Task, "t")
 _ASSIGNMENT = Columns(Assignment, "a")
 _ITEM = Columns(Item, "i")
 _BLOB = Columns(Blob, "b")
+_PREDICTION = Columns(Prediction, "p")
 
 
 class LeaseInvalid(Conflict):
@@ -272,6 +275,7 @@ class Handed:
     assignment: Assignment
     task: Task
     draft: Annotation | None
+    predictions: list[Prediction] = field(default_factory=list)  # newest first: pre-labels to start from
 
 
 _ORDER = {
@@ -396,7 +400,17 @@ def _handed(assignment: Assignment, project: Project) -> Handed:
     draft = None
     if assignment.annotation_id is not None:  # a lease handed again, or rework: rare
         draft = Annotation.objects.filter(id=assignment.annotation_id).first()
-    return Handed(assignment=assignment, task=task, draft=draft)
+    with connection.cursor() as cursor:
+        cursor.execute(_PREDICTIONS_SQL, [task.pk])
+        predictions = [_PREDICTION.build(row) for row in cursor.fetchall()]
+    return Handed(assignment=assignment, task=task, draft=draft, predictions=predictions)
+
+
+# The newest prediction of each model version of a task (at most five versions).
+_PREDICTIONS_SQL = (
+    f"SELECT DISTINCT ON (p.model_version) {_PREDICTION.sql} FROM labeling_prediction p"  # noqa: S608
+    " WHERE p.task_id = %s ORDER BY p.model_version, p.id DESC LIMIT 5"
+)
 
 
 # The caller's assignment in this project, with its task, item and the current schema version.
@@ -432,7 +446,13 @@ def _regions_list(result: Any) -> list[Any]:
 
 
 def assignment_draft(
-    *, actor: User, access: ProjectAccess, assignment_id: int, lease_id: Any, result: Any
+    *,
+    actor: User,
+    access: ProjectAccess,
+    assignment_id: int,
+    lease_id: Any,
+    result: Any,
+    from_prediction_id: int | None = None,
 ) -> Annotation:
     """Autosave: keep the caller's work as a draft (not validated until submit) and renew the lease.
 
@@ -443,6 +463,7 @@ def assignment_draft(
     workflow = workflow_of(access.project)
     found, schema_id = _own_assignment(actor, access, assignment_id)
     schema = require_schema_id(access.project.pk, schema_id)
+    _check_prediction(found.task_id, from_prediction_id)
     with transaction.atomic():
         # The task first, like a submit: a draft's first save inserts an annotation, which takes a
         # key lock on the task row, so locking the assignment first could deadlock with a submit.
@@ -452,7 +473,7 @@ def assignment_draft(
         if assignment.state not in (AssignmentState.ACTIVE, AssignmentState.EXPIRED):
             # Submitted, skipped, released or withdrawn: an autosave arriving late changes nothing.
             raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)
-        annotation = _write_draft(assignment, actor, regions, schema.version)
+        annotation = _write_draft(assignment, actor, regions, schema.version, from_prediction_id)
         if assignment.state == AssignmentState.ACTIVE:
             assignment.lease_until = timezone.now() + timedelta(seconds=workflow.lease_seconds)
         assignment.annotation = annotation
@@ -460,7 +481,22 @@ def assignment_draft(
     return annotation
 
 
-def _write_draft(assignment: Assignment, actor: User, regions: list[Any], schema_version: int) -> Annotation:
+def _check_prediction(task_id: int, prediction_id: int | None) -> None:
+    """The prediction an annotator says they started from must be one of this task's."""
+    if (
+        prediction_id is not None
+        and not Prediction.objects.filter(id=prediction_id, task_id=task_id).exists()
+    ):
+        raise InvalidInput("from_prediction is not a prediction of this task.", field="from_prediction")
+
+
+def _write_draft(
+    assignment: Assignment,
+    actor: User,
+    regions: list[Any],
+    schema_version: int,
+    from_prediction_id: int | None = None,
+) -> Annotation:
     annotation = None
     if assignment.annotation_id is not None:
         annotation = Annotation.objects.select_for_update().filter(id=assignment.annotation_id).first()
@@ -471,6 +507,7 @@ def _write_draft(assignment: Assignment, actor: User, regions: list[Any], schema
             schema_version=schema_version,
             state=AnnotationState.DRAFT,
             result=regions,
+            from_prediction_id=from_prediction_id,
         )
         insert(annotation)
         before: list[Any] = []
@@ -478,8 +515,9 @@ def _write_draft(assignment: Assignment, actor: User, regions: list[Any], schema
     else:
         before, action = annotation.result, RevisionAction.UPDATE
         annotation.result, annotation.schema_version = regions, schema_version
+        annotation.from_prediction_id = from_prediction_id or annotation.from_prediction_id
         annotation.version += 1
-        update(annotation, ["result", "schema_version", "version", "updated_at"])
+        update(annotation, ["result", "schema_version", "from_prediction_id", "version", "updated_at"])
     _revision(annotation, action, actor, before)
     return annotation
 
@@ -506,6 +544,7 @@ def assignment_submit(
     lease_id: Any,
     result: Any,
     lead_time_ms: int = 0,
+    from_prediction_id: int | None = None,
 ) -> tuple[Annotation, bool]:
     """Submit the work of a lease: exactly one annotation per assignment, whatever the retries.
 
@@ -518,6 +557,7 @@ def assignment_submit(
     schema = require_schema_id(access.project.pk, schema_id)
     workflow = workflow_of(access.project)
     regions = _validate(result, schema, item_facts(found.task.item))
+    _check_prediction(found.task_id, from_prediction_id)
     with transaction.atomic():
         task = _locked_task(found.task_id, access.project)
         assignment = _locked_assignment(found.pk)
@@ -533,12 +573,14 @@ def assignment_submit(
         elif assignment.state != AssignmentState.ACTIVE:
             raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)
         if not slot_lost:
-            annotation = _submit(assignment, task, actor, regions, schema.version, lead_time_ms, workflow)
+            annotation = _submit(
+                assignment, task, actor, regions, schema.version, lead_time_ms, workflow, from_prediction_id
+            )
             return annotation, True
     # The slot is gone: keep the work as the caller's draft, in its own transaction, then say so.
     with transaction.atomic():
         assignment = _locked_assignment(found.pk)
-        draft = _write_draft(assignment, actor, regions, schema.version)
+        draft = _write_draft(assignment, actor, regions, schema.version, from_prediction_id)
         assignment.annotation = draft
         assignment.save(update_fields=["annotation"])
     raise SlotTaken(draft_id=draft.pk, task_id=found.task_id)
@@ -551,6 +593,8 @@ _SUBMITTED_FIELDS = [
     "submitted_at",
     "review_status",
     "lead_time_ms",
+    "from_prediction_id",
+    "prediction_outcome",
     "version",
     "updated_at",
 ]
@@ -564,6 +608,7 @@ def _submit(
     schema_version: int,
     lead_time_ms: int,
     workflow: Workflow,
+    from_prediction_id: int | None = None,
 ) -> Annotation:
     now = timezone.now()
     annotation = (
@@ -577,6 +622,8 @@ def _submit(
     annotation.result, annotation.schema_version = regions, schema_version
     annotation.state, annotation.submitted_at, annotation.review_status = AnnotationState.SUBMITTED, now, ""
     annotation.lead_time_ms += lead_time_ms
+    annotation.from_prediction_id = from_prediction_id or annotation.from_prediction_id
+    record_prediction_outcome(annotation, save=False)
     annotation.version += 1
     if annotation.pk is None:
         insert(annotation)
@@ -697,7 +744,7 @@ def assignments_bulk(
             _lock_caller(project_id, user_id)  # no `next` of theirs picks a task being reserved for them
         for quota in quotas:
             tasks = (
-                _filtered(Task.objects.filter(project_id=project_id, open_slots__gt=0), task_filter)
+                tasks_filtered(Task.objects.filter(project_id=project_id, open_slots__gt=0), task_filter)
                 .exclude(assignments__user_id=quota.user_id)
                 .select_for_update(skip_locked=True, of=("self",))
                 .order_by(*_orm_order(workflow.ordering))[: quota.quota]
@@ -731,7 +778,8 @@ def _orm_order(ordering: str) -> list[Any]:
     return ["-priority", "id"]
 
 
-def _filtered(tasks: Any, task_filter: dict[str, Any]) -> Any:
+def tasks_filtered(tasks: Any, task_filter: dict[str, Any]) -> Any:
+    """Tasks matching a manager's filter (TaskFilterInput): states, dataset, priority, ids."""
     if task_filter.get("state"):
         tasks = tasks.filter(state__in=task_filter["state"])
     if task_filter.get("dataset"):

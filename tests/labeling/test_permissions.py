@@ -330,6 +330,72 @@ CASES += [
 ]
 
 
+def _model_version(labeled: Labeled) -> int:
+    """A registered model server of the project's organization (a public address: no request is
+    made while registering it)."""
+    from labeling.models import MLModel, ModelVersion
+
+    model, _ = MLModel.objects.get_or_create(organization=labeled.world.org, name="boxes")
+    version, _ = ModelVersion.objects.get_or_create(
+        model=model,
+        version="1",
+        defaults={"kind": "http", "endpoint": "http://93.184.216.34/", "task_type": "detection",
+                  "modalities": ["image"], "outputs": ["bbox"], "labels": ["truck"]},
+    )  # fmt: skip
+    return version.pk
+
+
+CASES += [
+    Case("GET", f"{P}/models", _path("/models"), ProjectAction.PREDICTIONS_VIEW, 200),
+    Case(
+        "POST",
+        f"{P}/models",
+        _path("/models"),
+        ProjectAction.PREDICTIONS_CREATE,
+        201,
+        body=lambda w, who: {
+            "name": "boxes",
+            "version": f"by-{who}",
+            "kind": "http",
+            "endpoint": "http://93.184.216.34/",
+            "task_type": "detection",
+            "modalities": ["image"],
+            "outputs": ["bbox"],
+        },
+    ),
+    Case(
+        "POST",
+        f"{P}/prelabel",
+        _path("/prelabel"),
+        ProjectAction.PREDICTIONS_CREATE,
+        202,
+        body=lambda w, who: {"model_version": _model_version(w)},
+    ),
+    Case(
+        "GET",
+        f"{P}/prelabel/report",
+        lambda w: w.url(f"/prelabel/report?model_version={_model_version(w)}"),
+        ProjectAction.PROGRESS_VIEW,
+        200,
+    ),
+    # No worker runs here: an allowed caller waits out the (shortened) deadline and gets 504.
+    Case(
+        "POST",
+        f"{P}/tasks/<int:task_id>/predict",
+        lambda w: w.url(f"/tasks/{w.tasks['image']}/predict"),
+        ProjectAction.ANNOTATE,
+        200,
+        body=lambda w, who: {"model_version": _model_version(w)},
+        also=(504,),
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def _short_predict_deadline(settings: Any) -> None:
+    settings.LOUPE_PREDICT_TIMEOUT_S = 1
+
+
 def expected(case: Case, role: str | None, who: str) -> int:
     if role is None:
         return 404
@@ -377,4 +443,5 @@ def test_the_cases_cover_every_labeling_endpoint_and_method() -> None:
             if hasattr(view_class, method):
                 served.add((str(pattern.pattern), method.upper()))
     served.add((f"{P}/exports/<int:job_id>/download", "GET"))  # tested with a finished export
+    served.discard(("models/builtin", "GET"))  # not project-scoped: every signed-in user reads it
     assert {(c.route, c.method) for c in CASES} | {(f"{P}/exports/<int:job_id>/download", "GET")} == served
