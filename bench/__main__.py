@@ -4,7 +4,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import Figure, ingest, labeling, prelabel, queue, startup
+from bench import Figure, ingest, labeling, machine_speed_ms, prelabel, queue, startup
 
 SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "startup": startup.run,
@@ -22,8 +22,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scale", choices=("small", "full"), default="small", help="small: quick check; full: repeated runs"
     )
     options = parser.parse_args(argv)
+    before = machine_speed_ms()
     for figure in SCENARIOS[options.scenario](options.scale):
         print(figure.line(), flush=True)
+    # Before and after: a figure taken while the machine slowed down shows it here.
+    print(Figure("machine_loop_ms", max(before, machine_speed_ms()), "ms").line(), flush=True)
     return 0
 
 
