@@ -434,9 +434,16 @@ class Prelabel(JobKind):
         low = bounds[index]
         high = bounds[index + 1] if index + 1 < len(bounds) else params["last"] + 1
         version = ModelVersion.objects.select_related("model").get(id=params["model_version"])
+        # The batch's ids first, through the primary key alone: joined with the filter's tables
+        # at once, a plan made on stale statistics (right after a big import) scans every item.
+        batch_ids = list(
+            Task.objects.filter(project_id=job.project_id, id__gte=low, id__lt=high).values_list(
+                "id", flat=True
+            )
+        )
         tasks = list(
             _matching_tasks(job.project_id, params["filter"], version.pk, params["overwrite"])
-            .filter(id__gte=low, id__lt=high)
+            .filter(id__in=batch_ids)
             .select_related("item__primary")
             .order_by("id")
         )

@@ -312,3 +312,58 @@ def test_a_prediction_of_another_task_cannot_be_claimed_as_the_start(faces: Face
     )
     assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "from_prediction"
     assert not ModelVersion.objects.filter(kind="trained").exists()
+
+
+def test_a_manager_prelabels_document_pages_with_ocr_and_annotators_correct_them(
+    world: World, objects_dir: Path
+) -> None:
+    """The issue's acceptance path with the built-in OCR model: register, run, watch, correct, report."""
+    from labeling.regions.compare import text_similarity
+    from tests.labeling.inference.test_builtin_ocr import LINES, render_page
+
+    spec = {"classes": [{"name": "line", "color": "#0000ff", "tools": ["polygon"]},
+                        {"name": "transcript", "color": "#00ffff", "tools": ["transcription"]}]}  # fmt: skip
+    assert publish(world, spec).status_code == 201
+    dataset = cast(Dataset, DatasetFactory(organization=world.org))
+    dataset.projects.add(world.project)
+    page, _ = render_page()
+    for i in range(2):
+        scan = page.copy()
+        scan.putpixel((scan.width - 1 - i, scan.height - 1), (200, 200, 200))  # two scans, two files
+        image_item(dataset, f"scans/page-{i}.jpg", scan)
+    services.tasks_ensure(world.project.pk)
+    url = f"{API}/projects/{world.project.pk}"
+    manager = world.client("manager")
+    version = manager.post(
+        f"{url}/models",
+        {"name": "ocr", "version": "1", "kind": "builtin", "builtin": "rapidocr-lines",
+         "label_map": {"text_line": "line", "text": "transcript"}},
+        format="json",
+    ).json()["id"]  # fmt: skip
+    started = manager.post(f"{url}/prelabel", {"model_version": version}, format="json")
+    assert started.status_code == 202
+    job = run(started.json()["id"])
+    watched = manager.get(f"{API}/jobs/{job.pk}").json()
+    assert (watched["state"], watched["progress"], watched["done"]) == ("succeeded", 1.0, 2)
+
+    manager.patch(f"{url}/workflow", {"overlap": 1, "review": "none"}, format="json")
+    annotator = world.client("annotator")
+    handed = annotator.post(f"{url}/next").json()
+    (prediction,) = handed["predictions"]
+    texts = [r["geometry"]["text"] for r in prediction["result"] if r["type"] == "transcription"]
+    assert len(texts) == len(LINES)  # every drawn line, read back in order
+    assert text_similarity("\n".join(texts), "\n".join(LINES)) >= 0.98
+    corrected = [{k: v for k, v in r.items() if k != "score"} for r in prediction["result"]]
+    first = next(r for r in corrected if r["type"] == "transcription")
+    first["geometry"] = {**first["geometry"], "text": first["geometry"]["text"].upper()}
+    submitted = annotator.post(
+        f"{url}/assignments/{handed['assignment']['id']}/submit",
+        {"lease_id": handed["assignment"]["lease_id"], "result": corrected, "lead_time_ms": 3000,
+         "from_prediction": prediction["id"]},
+        format="json",
+    )  # fmt: skip
+    assert submitted.status_code == 201, submitted.content
+    report = manager.get(f"{url}/prelabel/report?model_version={version}").json()
+    assert report["regions_predicted"] == len(prediction["result"])
+    assert (report["regions_edited"], report["regions_kept"]) == (1, len(prediction["result"]) - 1)
+    assert 0 < report["mean_similarity_edited"] < 1
