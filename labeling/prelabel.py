@@ -302,15 +302,13 @@ def map_and_validate(
     schema: rg.Schema,
 ) -> list[Mapped]:
     """Rename the model's labels to schema classes, drop what the map leaves out (with no map,
-    labels that are not class names), then validate
-    each remaining region alone so one bad region costs that region, not the prediction."""
-    mapped: list[Mapped] = []
+    labels that are not class names), then validate: the whole batch in one call (one shapely
+    pass), and only a prediction that fails region by region, so one bad region costs that
+    region, not the prediction."""
+    staged: list[tuple[int, ModelOutput, rg.ItemFacts, list[dict[str, Any]], int]] = []
     for task_id, output, facts in outputs:
-        if output.error is not None:
-            mapped.append(Mapped(task_id, None, None, error=output.error))
-            continue
         kept, unmapped = [], 0
-        for region in output.regions:
+        for region in output.regions if output.error is None else []:
             if not isinstance(region, dict):
                 continue
             label = str(region.get("label"))
@@ -322,26 +320,37 @@ def map_and_validate(
             kept.append({**region, "label": target})
         # Relations and tied transcriptions whose other end was dropped go too.
         present = {r.get("id") for r in kept}
-        kept = [r for r in kept if _ends_present(r, present)]
-        whole, _ = rg.validate_many([(kept, facts)], schema, prediction=True)[0]
+        staged.append((task_id, output, facts, [r for r in kept if _ends_present(r, present)], unmapped))
+    checked = rg.validate_many([(kept, facts) for _, _, facts, kept, _ in staged], schema, prediction=True)
+    mapped: list[Mapped] = []
+    for (task_id, output, facts, kept, unmapped), (whole, _) in zip(staged, checked, strict=True):
+        if output.error is not None:
+            mapped.append(Mapped(task_id, None, None, error=output.error))
+            continue
         valid, invalid = whole, 0
-        if whole is None:  # rare: find the bad regions one by one and keep the rest
-            valid = []
-            by_id = {r.get("id"): r for r in kept}
-            for region in kept:
-                # With the regions it refers to (a relation's ends, a transcription's region).
-                geometry = region.get("geometry") or {}
-                ends = [by_id[i] for i in (geometry.get("from"), geometry.get("to"), geometry.get("region"))
-                        if i in by_id and i != region.get("id")]  # fmt: skip
-                alone, _ = rg.validate_many([([*ends, region], facts)], schema, prediction=True)[0]
-                if alone is None:
-                    invalid += 1
-                else:
-                    valid.append(alone[-1])
-            kept_ids = {r.get("id") for r in valid}
-            valid = [r for r in valid if _ends_present(r, kept_ids)]
+        if valid is None:  # rare: find the bad regions one by one and keep the rest
+            valid, invalid = _valid_regions(kept, facts, schema)
         mapped.append(Mapped(task_id, valid, output.score, unmapped=unmapped, invalid=invalid))
     return mapped
+
+
+def _valid_regions(
+    kept: list[dict[str, Any]], facts: rg.ItemFacts, schema: rg.Schema
+) -> tuple[list[dict[str, Any]], int]:
+    valid, invalid = [], 0
+    by_id = {r.get("id"): r for r in kept}
+    for region in kept:
+        # With the regions it refers to (a relation's ends, a transcription's region).
+        geometry = region.get("geometry") or {}
+        ends = [by_id[i] for i in (geometry.get("from"), geometry.get("to"), geometry.get("region"))
+                if i in by_id and i != region.get("id")]  # fmt: skip
+        alone, _ = rg.validate_many([([*ends, region], facts)], schema, prediction=True)[0]
+        if alone is None:
+            invalid += 1
+        else:
+            valid.append(alone[-1])
+    kept_ids = {r.get("id") for r in valid}
+    return [r for r in valid if _ends_present(r, kept_ids)], invalid
 
 
 def _ends_present(region: dict[str, Any], present: set[Any]) -> bool:
