@@ -144,6 +144,9 @@ def model_register(*, actor: User, access: ProjectAccess, spec: VersionSpec) -> 
 
 def _version_fields(spec: VersionSpec) -> dict[str, Any]:
     """Validate what a version declares; built-in versions take their facts from the registry."""
+    batch = spec.params.get("batch_size", 1)
+    if type(batch) is not int or not 1 <= batch <= 256:
+        raise InvalidInput("batch_size must be an integer from 1 to 256.", field="params")
     if spec.kind == ModelKind.BUILTIN:
         from labeling.inference import builtin
 

@@ -148,6 +148,7 @@ def test_registering_a_version_checks_what_it_declares(faces: Faces) -> None:
         faces.register(version="2", builtin="no-such-model").json()["error"]["details"]["field"] == "builtin"
     )
     assert faces.register(version="2", params={"bogus": 1}).json()["error"]["details"]["unknown"] == ["bogus"]
+    assert faces.register(version="2", params={"batch_size": "lots"}).status_code == 400
     assert (
         faces.register(version="2", label_map={"cat": "pet"}).json()["error"]["details"]["field"]
         == "label_map"
