@@ -243,7 +243,7 @@ def region_changes(before: list[dict[str, Any]], after: list[dict[str, Any]]) ->
     }
 
 
-def _revision(
+def revision_for(
     annotation: Annotation, action: str, actor: User | None, before: list[dict[str, Any]], job: Any = None
 ) -> AnnotationRevision:
     return AnnotationRevision(
@@ -297,7 +297,7 @@ def annotation_create(
         if state == AnnotationState.SUBMITTED:
             record_prediction_outcome(annotation)
         action = RevisionAction.SUBMIT if state == AnnotationState.SUBMITTED else RevisionAction.CREATE
-        _revision(annotation, action, actor, []).save()
+        revision_for(annotation, action, actor, []).save()
     return annotation
 
 
@@ -387,7 +387,7 @@ def annotation_update(
             locked.ground_truth = change.ground_truth
         locked.version += 1
         locked.save()
-        _revision(locked, action, actor, before).save()
+        revision_for(locked, action, actor, before).save()
     return locked
 
 
@@ -402,7 +402,7 @@ def annotation_delete(
         locked.deleted_at = timezone.now()
         locked.version += 1
         locked.save(update_fields=["deleted_at", "version", "updated_at"])
-        _revision(locked, RevisionAction.DELETE, actor, locked.result).save()
+        revision_for(locked, RevisionAction.DELETE, actor, locked.result).save()
         audit_record(
             actor=actor,
             verb="annotation.delete",

@@ -25,7 +25,6 @@ from django.utils import timezone
 
 from labeling.models import (
     Annotation,
-    AnnotationRevision,
     AnnotationState,
     Assignment,
     AssignmentState,
@@ -43,8 +42,8 @@ from labeling.services import (
     _validate,
     item_facts,
     record_prediction_outcome,
-    region_changes,
     require_schema_id,
+    revision_for,
 )
 from projects.access import ProjectAccess, ProjectAction
 from projects.audit import audit_record
@@ -523,17 +522,7 @@ def _write_draft(
 
 
 def _revision(annotation: Annotation, action: str, actor: User, before: list[Any]) -> None:
-    revision = AnnotationRevision(
-        annotation=annotation,
-        version=annotation.version,
-        action=action,
-        author=actor,
-        state=annotation.state,
-        schema_version=annotation.schema_version,
-        result=annotation.result,
-        changes=region_changes(before, annotation.result),
-    )
-    insert(revision)
+    insert(revision_for(annotation, action, actor, before))  # statement built once: the hot path
 
 
 def assignment_submit(
