@@ -78,8 +78,8 @@ def clip_polygon(
         )
     piece = pieces[0]
     return (
-        _ring_points(piece.exterior.coords),
-        [_ring_points(interior.coords) for interior in piece.interiors],
+        _ring_points(piece.exterior.coords, width, height),
+        [_ring_points(interior.coords, width, height) for interior in piece.interiors],
     )
 
 
@@ -98,11 +98,17 @@ def clip_polyline(points: list[list[float]], width: float, height: float) -> Any
             f"The polyline leaves the image ({_size(width, height)}) and comes back: clipped it would fall "
             f"into {len(pieces)} pieces; draw each piece as its own polyline."
         )
-    return [[float(x), float(y)] for x, y in pieces[0].coords]
+    return clamp_points(pieces[0].coords, width, height)
 
 
-def _ring_points(coords: Any) -> list[list[float]]:
-    points = [[float(x), float(y)] for x, y in coords]
+def clamp_points(coords: Any, width: float, height: float) -> list[list[float]]:
+    """Points held to the item rectangle: for clipped geometry, where GEOS may keep a vertex a
+    rounding error outside (y = -1.8e-147), and for points within the bounds' tolerance."""
+    return [[min(max(float(x), 0.0), width), min(max(float(y), 0.0), height)] for x, y in coords]
+
+
+def _ring_points(coords: Any, width: float, height: float) -> list[list[float]]:
+    points = clamp_points(coords, width, height)
     return points[:-1] if len(points) > 1 and points[0] == points[-1] else points
 
 

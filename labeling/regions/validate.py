@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from labeling.regions.geometry import clip_polygon, clip_polyline, rle_runs, rle_string
+from labeling.regions.geometry import clamp_points, clip_polygon, clip_polyline, rle_runs, rle_string
 from labeling.regions.spec import TOOLS, ClassDef, Schema, ValueProblem, is_number
 
 ID_MAX = 64
@@ -781,6 +781,16 @@ class _Run:
                 height is None or (min_y >= -EPSILON and max_y <= height + EPSILON)
             )
             if inside:
+                strictly = (width is None or (min_x >= 0 and max_x <= width)) and (
+                    height is None or (min_y >= 0 and max_y <= height)
+                )
+                if self.clip and not strictly:  # within the tolerance: stored inside the image
+                    w, h = (
+                        float(width if width is not None else max_x),
+                        float(height if height is not None else max_y),
+                    )
+                    normal["points"] = clamp_points(normal["points"], w, h)
+                    normal["holes"] = [clamp_points(hole, w, h) for hole in normal["holes"]]
                 continue
             if not self.clip:
                 if not self._outside_point(normal["points"], index, "geometry.points", "polygon"):
