@@ -142,11 +142,30 @@ def model_register(*, actor: User, access: ProjectAccess, spec: VersionSpec) -> 
     return version
 
 
+# A model server client's settings a version's params may set (docs/model-servers.md, "Timeouts,
+# retries, concurrency"): name → (integer only, lowest, highest).
+_CLIENT_SETTINGS: dict[str, tuple[bool, float, float]] = {
+    "timeout": (False, 0.001, 3600),
+    "retries": (True, 0, 10),
+    "backoff": (False, 0, 3600),
+    "max_backoff": (False, 0, 3600),
+    "concurrency": (True, 1, 64),
+    "batch_size": (True, 1, 256),
+    "max_response_bytes": (True, 1, 1024**3),
+}
+
+
 def _version_fields(spec: VersionSpec) -> dict[str, Any]:
     """Validate what a version declares; built-in versions take their facts from the registry."""
     batch = spec.params.get("batch_size", 1)
     if type(batch) is not int or not 1 <= batch <= 256:
         raise InvalidInput("batch_size must be an integer from 1 to 256.", field="params")
+    if spec.kind in (ModelKind.HTTP, ModelKind.LABELSTUDIO):
+        for name, (integer, low, high) in _CLIENT_SETTINGS.items():
+            value = spec.params.get(name, low)
+            if type(value) not in ((int,) if integer else (int, float)) or not low <= value <= high:
+                what = "an integer" if integer else "a number"
+                raise InvalidInput(f"{name} must be {what} from {low:g} to {high:g}.", field="params")
     if spec.kind == ModelKind.BUILTIN:
         from labeling.inference import builtin
 
@@ -240,12 +259,17 @@ def _load(version: ModelVersion) -> Predictor:
         return model.load({**model.params, **own})
     from labeling.inference import remote
 
+    # The client's own settings are taken out of the params; the rest are the model's, sent with
+    # each request (batch_size is both: the job's batches and the client's requests).
+    client = {k: v for k, v in version.params.items() if k in _CLIENT_SETTINGS}
+    params = {k: v for k, v in version.params.items() if k not in _CLIENT_SETTINGS or k == "batch_size"}
     if version.kind == ModelKind.HTTP:
         return remote.NativeServer(
             version.endpoint,
             model_version=version_label(version),
-            params=version.params,
+            params=params,
             policy=model_policy(),
+            **client,
         )
     if version.kind == ModelKind.LABELSTUDIO:
         return remote.LabelStudioBackend(
@@ -253,8 +277,12 @@ def _load(version: ModelVersion) -> Predictor:
             model_version=version_label(version),
             labels=list(version.labels),
             outputs=list(version.outputs),
-            params=version.params,
+            # Backends keep a model per Label Studio project; a version's config never changes,
+            # so the version is the "project" (one model state per version, shared by projects).
+            project=remote.project_uid(version.pk, version.created_at),
+            params=params,
             policy=model_policy(),
+            **client,
         )
     raise ModelUnavailable(f"models of kind {version.kind!r} cannot run yet")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from projects import jobs
 from projects.models import Job
 from tests.conftest import World
 from tests.factories import DatasetFactory, ItemFactory
+from tests.labeling.modelserver import ModelServers, Serve
 
 API = "/api/v1"
 
@@ -101,6 +103,14 @@ def objects_dir(settings: Any, tmp_path: Path) -> Path:
     settings.LOUPE_STORAGE = "local"
     settings.LOUPE_OBJECTS_DIR = tmp_path / "objects"
     return Path(settings.LOUPE_OBJECTS_DIR)
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Starts model servers on 127.0.0.1 (tests.labeling.modelserver); stopped after the test."""
+    servers = ModelServers()
+    yield servers.start
+    servers.close()
 
 
 def run(job_id: int) -> Job:

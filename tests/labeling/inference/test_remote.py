@@ -6,15 +6,12 @@ socket and goes through storage.fetch's guard, which lets loopback in only throu
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import defusedxml.ElementTree as SafeET
@@ -30,6 +27,7 @@ from labeling.inference.remote import (
     task_field,
 )
 from storage.fetch import FetchPolicy
+from tests.labeling.modelserver import Answer, Request
 
 
 def no_dns(host: str, port: int) -> list[str]:
@@ -39,107 +37,6 @@ def no_dns(host: str, port: int) -> list[str]:
 REFUSING = FetchPolicy(connect_timeout=2.0, read_timeout=5.0, total_timeout=10.0, resolver=no_dns)
 ALLOWED = replace(REFUSING, allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))
 FAST: dict[str, Any] = {"backoff": 0.01, "max_backoff": 2.0}  # retries that do not slow the suite down
-
-Answer = tuple[int, Any] | tuple[int, Any, dict[str, str]]
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    body: Any
-    headers: dict[str, str]
-    at: float
-
-
-@dataclass
-class ModelServer:
-    """A model server on 127.0.0.1: ``handle(request, n)`` answers the n-th request (1-based)
-    with (status, JSON body or raw bytes[, headers]); it records requests and counts how many it
-    serves at once."""
-
-    handle: Callable[[Request, int], Answer]
-    port: int = 0
-    requests: list[Request] = field(default_factory=list)
-    active: int = 0
-    max_active: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def paths(self) -> list[str]:
-        return [request.path for request in self.requests]
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    model: ModelServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client giving up on a slow answer is expected
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _HTTPServer
-
-    def _serve(self) -> None:
-        model = self.server.model
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        request = Request(self.command, self.path, json.loads(raw) if raw else None, dict(self.headers), 0.0)
-        with model.lock:
-            request.at = time.monotonic()
-            model.requests.append(request)
-            n = len(model.requests)
-            model.active += 1
-            model.max_active = max(model.max_active, model.active)
-        try:
-            answer = model.handle(request, n)
-        finally:
-            with model.lock:
-                model.active -= 1
-        status, body, *rest = answer
-        headers = rest[0] if rest else {}
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.close_connection = True
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except OSError:
-            pass  # the client hung up (timeout test)
-
-    do_GET = do_POST = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[[Callable[[Request, int], Answer]], ModelServer]]:
-    servers: list[_HTTPServer] = []
-
-    def start(handle: Callable[[Request, int], Answer]) -> ModelServer:
-        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.model = ModelServer(handle, port=httpd.server_address[1])
-        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        servers.append(httpd)
-        return httpd.model
-
-    yield start
-    for httpd in servers:
-        httpd.model.stop.set()
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def image(key: str, name: str = "", width: int = 640, height: int = 480) -> ModelInput:
