@@ -175,8 +175,15 @@ def _version_fields(spec: VersionSpec) -> dict[str, Any]:
         unknown = sorted(set(spec.params) - set(found.params) - {"batch_size"})  # batch_size: the job's
         if unknown:
             raise InvalidInput("Unknown parameters for this model.", field="params", unknown=unknown)
+        merged = {**found.params, **spec.params}
+        if found.check is not None:
+            try:
+                found.check(merged)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), field="params") from None
         task_type, modalities = found.task_type, list(found.modalities)
-        outputs, labels, endpoint = list(found.outputs), list(found.labels), ""
+        outputs, endpoint = list(found.outputs), ""
+        labels = list(found.labels_of(merged) if found.labels_of is not None else found.labels)
     elif spec.kind in (ModelKind.HTTP, ModelKind.LABELSTUDIO):
         if not spec.endpoint:
             raise InvalidInput("A model server needs its endpoint URL.", field="endpoint")

@@ -7,9 +7,12 @@ model version's label map and drops (and counts) the rest, so models never need 
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -71,6 +74,11 @@ class BuiltinModel:
     params: dict[str, Any]  # defaults of its parameters (threshold, batch_size…)
     extra: str | None  # the pyproject extra it needs, None when in the core install
     load: Callable[[dict[str, Any]], Predictor]  # params → a ready predictor (loads weights)
+    # Checks a version's parameters (defaults merged in) without loading anything, raising
+    # ValueError naming the parameter, so a bad version is refused when it is registered.
+    check: Callable[[dict[str, Any]], None] | None = None
+    # The labels a version emits, when they come from its parameters (few-shot examples).
+    labels_of: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
 
 
 REGISTRY: dict[str, BuiltinModel] = {}
@@ -79,6 +87,36 @@ REGISTRY: dict[str, BuiltinModel] = {}
 def register(model: BuiltinModel) -> BuiltinModel:
     REGISTRY[model.name] = model
     return model
+
+
+def package_path(package: str, *parts: str) -> Path | None:
+    """A file or directory inside an installed package, found without importing the package
+    (importing a model package can be slow or have side effects); None when it is not there."""
+    spec = importlib.util.find_spec(package)
+    for location in (spec.submodule_search_locations or ()) if spec is not None else ():
+        path = Path(location).joinpath(*parts)
+        if path.exists():
+            return path
+    return None
+
+
+def verified_files(directory: Path, sha256: Mapping[str, str], *, package: str, hint: str) -> Path:
+    """`directory`, once every listed file matches its recorded SHA-256; else ModelUnavailable.
+
+    For weights that come in a third party's re-upload of a model: a file that differs (a new
+    upload under the same version, a tampered mirror) stops the load instead of running weights
+    nobody reviewed."""
+    for relative, expected in sha256.items():
+        try:
+            digest = hashlib.sha256((directory / relative).read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ModelUnavailable(f"{package} is incomplete ({exc}): {hint}.") from exc
+        if digest != expected:
+            raise ModelUnavailable(
+                f"{relative} of {package} is not the file of the release Loupe was tested with "
+                f"(SHA-256 {digest}): reinstall it, {hint}."
+            )
+    return directory
 
 
 def region_id(index: int) -> str:

@@ -368,3 +368,41 @@ def test_a_manager_prelabels_document_pages_with_ocr_and_annotators_correct_them
     assert report["regions_predicted"] == len(prediction["result"])
     assert (report["regions_edited"], report["regions_kept"]) == (1, len(prediction["result"]) - 1)
     assert 0 < report["mean_similarity_edited"] < 1
+
+
+def test_a_few_shot_classifier_is_registered_with_examples_and_labels_text_tasks(
+    world: World, objects_dir: Path
+) -> None:
+    from tests.labeling.inference.test_builtin_embeddings import EXAMPLES, HELD_OUT
+
+    spec = {"classes": [{"name": name, "color": "#336699", "tools": ["classification"]} for name in EXAMPLES]}
+    assert publish(world, spec).status_code == 201
+    dataset = cast(Dataset, DatasetFactory(organization=world.org))
+    dataset.projects.add(world.project)
+    chosen = HELD_OUT[::4]  # one or two of each topic
+    for i, (text, _) in enumerate(chosen):
+        data = text.encode()
+        meta = {"length": len(text), "lines": 1, "encoding": "utf-8"}
+        stored_item(dataset, f"news/{i}.txt", data, "text", "text/plain", meta)
+    services.tasks_ensure(world.project.pk)
+    url = f"{API}/projects/{world.project.pk}"
+    manager = world.client("manager")
+    body = {"name": "topics", "version": "1", "kind": "builtin", "builtin": "minilm-few-shot"}
+
+    refused = manager.post(f"{url}/models", {**body, "params": {"examples": {"sports": ["a match"]}}},
+                           format="json")  # fmt: skip
+    assert refused.status_code == 400
+    assert refused.json()["error"]["details"]["field"] == "params"
+    assert "at least two class labels" in refused.json()["error"]["message"]
+    created = manager.post(f"{url}/models", {**body, "params": {"examples": EXAMPLES}}, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["labels"] == sorted(EXAMPLES)  # a version's labels are its examples' classes
+
+    started = manager.post(f"{url}/prelabel", {"model_version": created.json()["id"]}, format="json")
+    job = run(started.json()["id"])
+
+    assert job.state == JobState.SUCCEEDED and job.result["predicted"] == len(chosen)
+    truth = {f"news/{i}.txt": label for i, (_, label) in enumerate(chosen)}
+    predictions = Prediction.objects.filter(source_id=created.json()["id"]).select_related("task__item")
+    got = {p.task.item.name: p.result[0]["label"] for p in predictions}
+    assert got == truth

