@@ -406,3 +406,13 @@ def test_a_few_shot_classifier_is_registered_with_examples_and_labels_text_tasks
     predictions = Prediction.objects.filter(source_id=created.json()["id"]).select_related("task__item")
     got = {p.task.item.name: p.result[0]["label"] for p in predictions}
     assert got == truth
+
+
+def test_a_jobs_batches_are_the_versions_size_else_the_models_own_else_the_setting(settings: Any) -> None:
+    from labeling.prelabel import batch_size_of
+
+    settings.LOUPE_PRELABEL_BATCH = 16
+    assert batch_size_of(ModelVersion(kind="builtin", builtin="spacy-en-ner", params={})) == 128
+    assert batch_size_of(ModelVersion(kind="builtin", builtin="spacy-en-ner", params={"batch_size": 8})) == 8
+    assert batch_size_of(ModelVersion(kind="builtin", builtin="opencv-haar-faces", params={})) == 16
+    assert batch_size_of(ModelVersion(kind="http", params={})) == 16

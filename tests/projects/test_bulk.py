@@ -27,16 +27,70 @@ def test_copy_insert_returns_the_new_ids_in_order_and_stores_json() -> None:
     assert copy_insert(AuditEvent, ["verb"], []) == []
 
 
-def test_copy_update_sets_only_the_named_columns_of_the_named_rows() -> None:
+@pytest.mark.parametrize("array_rows", [2_000, 0], ids=["one statement over arrays", "by COPY"])
+def test_copy_update_sets_only_the_named_columns_of_the_named_rows(array_rows: int) -> None:
     now = timezone.now()
     with transaction.atomic():
         ids = copy_insert(
             AuditEvent, ["verb", "object_type", "object_id", "changes", "at", "request_id"],
             [("tool.test", "o", str(n), {"n": n}, now, "") for n in range(5)],
         )  # fmt: skip
-        updated = copy_update(AuditEvent, ["changes"], [(ids[1], {"n": "one"}), (ids[3], [1, 2])])
-    assert updated == 2
+        updated = copy_update(
+            AuditEvent,
+            ["changes", "object_id", "at"],
+            [(ids[1], {"n": "one"}, "x'1", now), (ids[3], [1, 2], "ü", now), (10**12, {}, "gone", now)],
+            array_rows=array_rows,
+        )
+    assert updated == 2  # the third id names no row
     after = {e.pk: e for e in AuditEvent.objects.filter(id__in=ids)}
     assert after[ids[1]].changes == {"n": "one"} and after[ids[3]].changes == [1, 2]
+    assert (after[ids[1]].object_id, after[ids[3]].object_id, after[ids[1]].at) == ("x'1", "ü", now)
     assert after[ids[0]].changes == {"n": 0} and after[ids[1]].verb == "tool.test"
     assert copy_update(AuditEvent, ["changes"], []) == 0
+
+
+def test_insert_on_conflict_skips_or_updates_the_rows_it_meets() -> None:
+    from labeling.models import MLModel, ModelVersion, Prediction, Task
+    from labeling.services import tasks_ensure
+    from projects.bulk import insert_on_conflict
+    from tests.factories import DatasetFactory, ItemFactory, ProjectFactory
+
+    project = ProjectFactory()
+    dataset = DatasetFactory(organization=project.organization)
+    dataset.projects.add(project)
+    ItemFactory.create_batch(2, dataset=dataset)
+    tasks_ensure(project.pk)
+    tasks = list(Task.objects.filter(project=project).order_by("id"))
+    model = MLModel.objects.create(organization=project.organization, name="m")
+    version = ModelVersion.objects.create(model=model, version="1", kind="http")
+    columns = ["task_id", "source_id", "model_version", "schema_version", "result", "archived", "score",
+               "created_at"]  # fmt: skip
+    now = timezone.now()
+
+    def row(task: Task, text: str, score: float | None) -> tuple[object, ...]:
+        regions = [{"id": "p1", "label": "a", "geometry": {"text": text + ' "quoted" \\ ü'}}]
+        return (task.pk, version.pk, "m:1", 1, regions, [], score, now)
+
+    with transaction.atomic():
+        first = insert_on_conflict(
+            Prediction, columns, [row(tasks[0], "one", 0.5)], conflict=["task_id", "source_id"]
+        )
+        skipped = insert_on_conflict(
+            Prediction, columns, [row(tasks[0], "again", 0.9), row(tasks[1], "two", None)],
+            conflict=["task_id", "source_id"],
+        )  # fmt: skip
+    assert (first, skipped) == (1, 1)  # the second task's row only
+    stored = {p.task_id: p for p in Prediction.objects.filter(source=version)}
+    assert stored[tasks[0].pk].result[0]["geometry"]["text"] == 'one "quoted" \\ ü'
+    assert stored[tasks[1].pk].score is None
+
+    with transaction.atomic():
+        updated = insert_on_conflict(
+            Prediction, columns, [row(tasks[0], "new", 0.7)], conflict=["task_id", "source_id"],
+            update=["result", "score"],
+        )  # fmt: skip
+    assert updated == 1
+    again = Prediction.objects.get(task_id=tasks[0].pk, source=version)
+    kept = stored[tasks[0].pk].pk
+    assert (again.result[0]["geometry"]["text"], again.score, again.pk) == ('new "quoted" \\ ü', 0.7, kept)
+    assert Prediction.objects.filter(source=version).count() == 2

@@ -118,7 +118,7 @@ def split_text(text: str, max_chars: int) -> list[tuple[int, str]]:
 
 # -- spaCy named entities ------------------------------------------------------------------------
 
-SPACY_NER_DEFAULTS: dict[str, Any] = {"batch_size": 64, "max_chunk_chars": 100_000}
+SPACY_NER_DEFAULTS: dict[str, Any] = {"batch_size": 128, "max_chunk_chars": 100_000}
 
 
 class SpacyEntities:
