@@ -246,8 +246,11 @@ def batch_size_of(version: ModelVersion) -> int:
     """Items per model call and per job chunk: the version's `batch_size`, else its built-in
     model's default (cheap text models take large batches), else LOUPE_PRELABEL_BATCH."""
     size = version.params.get("batch_size")
-    if size is None and version.kind == ModelKind.BUILTIN and version.builtin in REGISTRY:
-        size = REGISTRY[version.builtin].params.get("batch_size")
+    if size is None and version.kind == ModelKind.BUILTIN:
+        from labeling.inference import builtin
+
+        model = builtin.load_all().get(version.builtin)
+        size = model.params.get("batch_size") if model is not None else None
     return max(1, min(int(size or settings.LOUPE_PRELABEL_BATCH), 256))
 
 
