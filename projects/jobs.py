@@ -326,6 +326,8 @@ def _run(
                 job.celery_task_ids = _enqueue_on_commit(job)
                 job.save(update_fields=["run_token", "heartbeat_at", "celery_task_ids"])
             return "sliced"
+        if Job.objects.filter(id=job.pk, cancel_requested=True).exists():
+            break  # before the chunk's work, which may be minutes of a model's time; finished below
         index = _lease_next_chunk(job, token, cursor)
         if index is None:
             break

@@ -318,3 +318,40 @@ def test_a_model_servers_client_settings_are_checked_when_it_is_registered(
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["message"], error["details"]["field"]) == (message, "params")
+
+
+def test_a_prelabel_job_cancelled_midway_keeps_what_it_predicted_and_a_new_job_does_the_rest(
+    site: Site, serve: Serve
+) -> None:
+    from projects import jobs
+
+    def faces(request: Request, n: int) -> Answer:
+        box = {"x": 1, "y": 1, "width": 5, "height": 5}
+        regions = [{"id": "f", "type": "bbox", "label": "face", "score": 0.8, "geometry": box}]
+        return 200, {"results": [{"key": item["key"], "regions": regions} for item in request.body["items"]]}
+
+    server = serve(faces)
+    version = site.register(
+        kind="http",
+        endpoint=server.url,
+        labels=["face"],
+        label_map={"face": "person_face"},
+        params={"batch_size": 2, **CLIENT},
+    )
+    manager = site.world.client("manager")
+    started = manager.post(site.url("/prelabel"), {"model_version": version}, format="json")
+    job_id = started.json()["id"]
+
+    def cancel_after_the_first_batch(job: Job, index: int) -> None:
+        if index == 0:
+            assert manager.post(f"{API}/jobs/{job.pk}/cancel").status_code in (200, 202)
+
+    assert jobs.job_execute(job_id=job_id, on_chunk=cancel_after_the_first_batch) == "cancelled"
+    watched = manager.get(f"{API}/jobs/{job_id}").json()
+    assert (watched["state"], watched["done"], watched["total"]) == ("cancelled", 2, 7)
+    assert set(site.predictions(version)) == {"img-0.jpg", "img-1.jpg"}
+    assert len(server.requests) == 1  # the batches after the cancel never reached the model
+
+    rest = site.prelabel(version)
+    assert (rest.state, rest.total, rest.result["predicted"]) == (JobState.SUCCEEDED, 5, 5)
+    assert len(site.predictions(version)) == 7
