@@ -79,7 +79,7 @@ class PostgresDSN:
 
     def as_django(self) -> dict[str, object]:
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": "config.postgresql",
             "NAME": self.name,
             "USER": self.user,
             "PASSWORD": self.password,

@@ -117,7 +117,7 @@ if _database_url:
     _dsn = parse_database_url(_database_url).as_django()
 else:
     _dsn = {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "config.postgresql",
         "NAME": EMBEDDED_DATABASE_NAME,
         "USER": "postgres",
         "PASSWORD": "",
