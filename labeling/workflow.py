@@ -13,9 +13,10 @@ assignment and annotation rows. Task state changes are written to the audit log.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -68,7 +69,6 @@ _TASK = Columns(Task, "t")
 _ASSIGNMENT = Columns(Assignment, "a")
 _ITEM = Columns(Item, "i")
 _BLOB = Columns(Blob, "b")
-_PREDICTION = Columns(Prediction, "p")
 
 
 class LeaseInvalid(Conflict):
@@ -383,33 +383,50 @@ def _pull(project: Project, user_id: int, order: str) -> Task | None:
     return task
 
 
+# The task with its item, and the newest prediction of each model version of the task (at most
+# five versions) as one JSON array: predictions ride along instead of costing a round trip.
+_HANDED_PREDICTION = (
+    "id",
+    "task_id",
+    "source_id",
+    "model_version",
+    "schema_version",
+    "result",
+    "score",
+    "created_at",
+)
 _HANDED_SQL = (
-    f"SELECT {_TASK.sql}, {_ITEM.sql}, {_BLOB.sql} FROM labeling_task t"  # noqa: S608  (model metadata)
-    " JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id WHERE t.id = %s"
+    f"SELECT {_TASK.sql}, {_ITEM.sql}, {_BLOB.sql}, "  # noqa: S608  (model metadata)
+    f"(SELECT json_agg(json_build_array({', '.join(f'p.{c}' for c in _HANDED_PREDICTION)})"
+    " ORDER BY p.model_version)"
+    " FROM (SELECT DISTINCT ON (p.model_version) p.* FROM labeling_prediction p WHERE p.task_id = t.id"
+    " ORDER BY p.model_version, p.id DESC LIMIT 5) p)"
+    " FROM labeling_task t JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id"
+    " WHERE t.id = %s"
 )
 
 
 def _handed(assignment: Assignment, project: Project) -> Handed:
-    """The task of an assignment as `next` hands it out: its item and the caller's draft, if any."""
+    """The task of an assignment as `next` hands it out: its item, its predictions and the
+    caller's draft, if any."""
     found = fetch_one(_HANDED_SQL, [assignment.task_id], _TASK, _ITEM, _BLOB)
     if found is None:
         raise Task.DoesNotExist(f"task {assignment.task_id}")
-    task, item, item.primary = found
+    task, item, item.primary, predictions = found
     task.project, task.item = project, item
     draft = None
     if assignment.annotation_id is not None:  # a lease handed again, or rework: rare
         draft = Annotation.objects.filter(id=assignment.annotation_id).first()
-    with connection.cursor() as cursor:
-        cursor.execute(_PREDICTIONS_SQL, [task.pk])
-        predictions = [_PREDICTION.build(row) for row in cursor.fetchall()]
-    return Handed(assignment=assignment, task=task, draft=draft, predictions=predictions)
+    return Handed(assignment=assignment, task=task, draft=draft, predictions=_predictions(predictions))
 
 
-# The newest prediction of each model version of a task (at most five versions).
-_PREDICTIONS_SQL = (
-    f"SELECT DISTINCT ON (p.model_version) {_PREDICTION.sql} FROM labeling_prediction p"  # noqa: S608
-    " WHERE p.task_id = %s ORDER BY p.model_version, p.id DESC LIMIT 5"
-)
+def _predictions(found: str | list[list[Any]] | None) -> list[Prediction]:
+    """Predictions from the JSON arrays of _HANDED_SQL (psycopg parses `json` values; the regions
+    come as they are, the timestamp as ISO text)."""
+    rows = json.loads(found) if isinstance(found, str) else found or []
+    for row in rows:
+        row[-1] = datetime.fromisoformat(row[-1])
+    return [Prediction.from_db(connection.alias, _HANDED_PREDICTION, row) for row in rows]
 
 
 # The caller's assignment in this project, with its task, item and the current schema version.
