@@ -79,7 +79,7 @@ def copy_update(
             f"{connection.ops.quote_name(c)} = {v}" for c, v in zip(columns, values[1:], strict=True)
         )
         # Identifiers and types only, from model metadata, quoted: every value is a parameter.
-        with _bound_cursor() as cursor:
+        with connection.wrap_database_errors, _bound_cursor() as cursor:
             cursor.execute(f"UPDATE {table} AS t SET {assignments} FROM {source} WHERE t.id = u.id", params)  # noqa: S608
             return int(cursor.rowcount)
     assignments = ", ".join(
@@ -122,7 +122,7 @@ def insert_on_conflict(
         )
     else:
         action = "NOTHING"
-    with _bound_cursor() as cursor:
+    with connection.wrap_database_errors, _bound_cursor() as cursor:
         # Identifiers and types only, from model metadata and code: every value is a parameter.
         cursor.execute(
             f"INSERT INTO {table} ({_quoted(columns)}) SELECT {', '.join(values)} FROM {source} "  # noqa: S608
@@ -155,6 +155,7 @@ _JSON = {"json", "jsonb"}
 
 def _bound_cursor() -> psycopg.Cursor[Any]:
     """A cursor on Django's connection, inside its transaction, that binds parameters on the
-    server (Django's own cursors bind them client-side, into the statement's text)."""
+    server (Django's own cursors bind them client-side, into the statement's text). Callers wrap
+    its use in `connection.wrap_database_errors`, so errors are Django's (IntegrityError…)."""
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)

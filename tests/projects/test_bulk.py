@@ -94,3 +94,14 @@ def test_insert_on_conflict_skips_or_updates_the_rows_it_meets() -> None:
     kept = stored[tasks[0].pk].pk
     assert (again.result[0]["geometry"]["text"], again.score, again.pk) == ('new "quoted" \\ ü', 0.7, kept)
     assert Prediction.objects.filter(source=version).count() == 2
+
+
+def test_a_refused_row_is_djangos_integrity_error_and_writes_nothing() -> None:
+    from django.db import IntegrityError
+
+    from labeling.models import Prediction
+    from projects.bulk import insert_on_conflict
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_on_conflict(Prediction, ["task_id", "result"], [(1, [])], conflict=["task_id", "source_id"])
+    assert not Prediction.objects.exists()
