@@ -169,22 +169,25 @@ class FewShotClassifier:
         )
 
     def predict(self, batch: Sequence[ModelInput]) -> list[ModelOutput]:
-        outputs: list[ModelOutput | None] = []
-        texts: list[str] = []
+        outputs: list[ModelOutput] = []
+        texts: list[tuple[int, str]] = []  # (position in the batch, the item's words)
         for item in batch:
             if item.modality != "text":
                 outputs.append(ModelOutput(error=f"This model reads text items, not {item.modality} items."))
                 continue
             words = " ".join(item.text()[: self.max_chars].split())
-            outputs.append(None if words else ModelOutput())  # an empty text has nothing to classify
-            if words:
-                texts.append(words)
+            if words:  # an empty text has nothing to classify: no label
+                texts.append((len(outputs), words))
+            outputs.append(ModelOutput())
         if texts:
-            similarities = embed(texts, batch_size=self.batch_size) @ self.prototypes.T
-            probabilities = softmax(similarities, self.temperature)
-            answers = iter(probabilities)
-            outputs = [self._classified(next(answers)) if out is None else out for out in outputs]
-        return [out if out is not None else ModelOutput() for out in outputs]
+            similarities = (
+                embed([words for _, words in texts], batch_size=self.batch_size) @ self.prototypes.T
+            )
+            for (position, _), probabilities in zip(
+                texts, softmax(similarities, self.temperature), strict=True
+            ):
+                outputs[position] = self._classified(probabilities)
+        return outputs
 
     def _classified(self, probabilities: np.ndarray) -> ModelOutput:
         best = int(np.argmax(probabilities))
