@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labeling.regions.spec import Schema, ValueProblem
+from labeling.regions.spec import Schema, ValueProblem, show_value
 from labeling.regions.validate import ID_MAX
 
 ARCHIVED_WITH = "archived_with"
@@ -71,11 +71,6 @@ class OperationsInvalid(Exception):
         self.errors = errors
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 class _State:
     """Regions of one old class on their way to one new class, and which attributes they may carry.
 
@@ -101,7 +96,7 @@ class _Checker:
 
     def old_class(self, value: Any, path: str) -> str | None:
         if type(value) is not str:
-            self.add(path, "invalid_type", f"Expected a class name, got {_show(value)}.")
+            self.add(path, "invalid_type", f"Expected a class name, got {show_value(value)}.")
             return None
         if value not in self.old.classes:
             self.add(path, "unknown_class", f"{value!r} is not a class of the current schema.")
@@ -110,7 +105,7 @@ class _Checker:
 
     def new_class(self, value: Any, path: str) -> str | None:
         if type(value) is not str:
-            self.add(path, "invalid_type", f"Expected a class name, got {_show(value)}.")
+            self.add(path, "invalid_type", f"Expected a class name, got {show_value(value)}.")
             return None
         if value not in self.new.classes:
             self.add(path, "unknown_class", f"{value!r} is not a class of the new schema.")
@@ -143,7 +138,7 @@ def check_operations(operations: Any, old: Schema, new: Schema) -> list[dict[str
     """
     check = _Checker(old, new)
     if type(operations) is not list:
-        check.add("operations", "invalid_type", f"operations must be a list, got {_show(operations)}.")
+        check.add("operations", "invalid_type", f"operations must be a list, got {show_value(operations)}.")
         raise OperationsInvalid(check.errors)
 
     parsed: list[tuple[int, dict[str, Any]] | None] = []
@@ -225,7 +220,7 @@ def _in_applicable_order(operations: list[dict[str, Any]], check: _Checker) -> l
 def _parse_operation(operation: Any, index: int, check: _Checker) -> tuple[int, dict[str, Any]] | None:
     path = f"operations[{index}]"
     if not isinstance(operation, dict):
-        check.add(path, "invalid_type", f"An operation is an object with an op, got {_show(operation)}.")
+        check.add(path, "invalid_type", f"An operation is an object with an op, got {show_value(operation)}.")
         return None
     kind = operation.get("op")
     if kind is None:
@@ -235,7 +230,7 @@ def _parse_operation(operation: Any, index: int, check: _Checker) -> tuple[int, 
         check.add(
             f"{path}.op",
             "unknown_option",
-            f"{_show(kind)} is not an operation; they are: {', '.join(OPERATIONS)}.",
+            f"{show_value(kind)} is not an operation; they are: {', '.join(OPERATIONS)}.",
         )
         return None
     required, optional = _FIELDS[kind]
@@ -277,7 +272,7 @@ def _check_class_operation(operation: dict[str, Any], path: str, check: _Checker
             check.add(
                 f"{path}.from",
                 "invalid_type",
-                f"from is a list of one or more class names, got {_show(raw)}.",
+                f"from is a list of one or more class names, got {show_value(raw)}.",
             )
             return None
         sources: list[str] = []
@@ -352,7 +347,7 @@ def _check_split(operation: dict[str, Any], path: str, check: _Checker) -> dict[
         check.add(
             f"{path}.attribute",
             "unknown_field",
-            f"The class {source!r} has no attribute {_show(attribute_name)} to split by.",
+            f"The class {source!r} has no attribute {show_value(attribute_name)} to split by.",
         )
         return None
     if definition.type != "enum":
@@ -363,7 +358,9 @@ def _check_split(operation: dict[str, Any], path: str, check: _Checker) -> dict[
         )
         return None
     if not isinstance(raw_into, dict) or not raw_into:
-        check.add(f"{path}.into", "invalid_type", f"into maps options to new classes, got {_show(raw_into)}.")
+        check.add(
+            f"{path}.into", "invalid_type", f"into maps options to new classes, got {show_value(raw_into)}."
+        )
         return None
     into: dict[str, str] = {}
     for option, target in raw_into.items():
@@ -451,7 +448,7 @@ def _check_attribute_operation(
             check.add(
                 f"{path}.attribute",
                 "unknown_field",
-                f"The new class {class_name!r} has no attribute {_show(name)} to add.",
+                f"The new class {class_name!r} has no attribute {show_value(name)} to add.",
             )
             return None
         check.added.add((class_name, name))
@@ -479,7 +476,7 @@ def _check_attribute_operation(
             check.add(
                 f"{path}.attribute",
                 "unknown_field",
-                f"No region of the class {class_name!r} can carry the attribute {_show(name)}.",
+                f"No region of the class {class_name!r} can carry the attribute {show_value(name)}.",
             )
             return None
         for state in states:
@@ -494,12 +491,14 @@ def _check_attribute_operation(
         check.add(
             f"{path}.from",
             "unknown_field",
-            f"No region of the class {class_name!r} can carry the attribute {_show(source)}.",
+            f"No region of the class {class_name!r} can carry the attribute {show_value(source)}.",
         )
         fine = False
     if type(target) is not str or target not in definitions:
         check.add(
-            f"{path}.to", "unknown_field", f"The new class {class_name!r} has no attribute {_show(target)}."
+            f"{path}.to",
+            "unknown_field",
+            f"The new class {class_name!r} has no attribute {show_value(target)}.",
         )
         fine = False
     if not fine:

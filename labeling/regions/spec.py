@@ -76,7 +76,8 @@ def is_number(value: Any) -> bool:
     return kind is int and -_INT_LIMIT < value < _INT_LIMIT
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut to 60 characters."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -105,33 +106,33 @@ class AttributeDef:
         if kind == "enum":
             if type(value) is not str:
                 raise ValueProblem(
-                    "invalid_type", f"Expected one of the options as a string, got {_show(value)}."
+                    "invalid_type", f"Expected one of the options as a string, got {show_value(value)}."
                 )
             if value not in self.option_set:
                 raise ValueProblem(
-                    "unknown_option", f"{_show(value)} is not an option; {self._options_text()}."
+                    "unknown_option", f"{show_value(value)} is not an option; {self._options_text()}."
                 )
             return value
         if kind == "bool":
             if type(value) is not bool:
-                raise ValueProblem("invalid_type", f"Expected true or false, got {_show(value)}.")
+                raise ValueProblem("invalid_type", f"Expected true or false, got {show_value(value)}.")
             return value
         if kind == "int":
             if type(value) is float and value.is_integer():
                 value = int(value)  # 3.0 from a client that only has floats is still the integer 3
             if type(value) is not int or not -_INT_LIMIT < value < _INT_LIMIT:
-                raise ValueProblem("invalid_type", f"Expected an integer, got {_show(value)}.")
+                raise ValueProblem("invalid_type", f"Expected an integer, got {show_value(value)}.")
             self._check_range(value)
             return value
         if kind == "float":
             if not is_number(value):
-                raise ValueProblem("invalid_type", f"Expected a finite number, got {_show(value)}.")
+                raise ValueProblem("invalid_type", f"Expected a finite number, got {show_value(value)}.")
             value = float(value)
             self._check_range(value)
             return value
         if kind == "text":
             if type(value) is not str:
-                raise ValueProblem("invalid_type", f"Expected a string, got {_show(value)}.")
+                raise ValueProblem("invalid_type", f"Expected a string, got {show_value(value)}.")
             if self.min_length is not None and len(value) < self.min_length:
                 raise ValueProblem(
                     "too_short",
@@ -145,19 +146,19 @@ class AttributeDef:
             return value
         # multi_enum
         if type(value) is not list:
-            raise ValueProblem("invalid_type", f"Expected a list of options, got {_show(value)}.")
+            raise ValueProblem("invalid_type", f"Expected a list of options, got {show_value(value)}.")
         seen: set[str] = set()
         for choice in value:
             if type(choice) is not str:
                 raise ValueProblem(
-                    "invalid_type", f"Every choice must be a string option, got {_show(choice)}."
+                    "invalid_type", f"Every choice must be a string option, got {show_value(choice)}."
                 )
             if choice not in self.option_set:
                 raise ValueProblem(
-                    "unknown_option", f"{_show(choice)} is not an option; {self._options_text()}."
+                    "unknown_option", f"{show_value(choice)} is not an option; {self._options_text()}."
                 )
             if choice in seen:
-                raise ValueProblem("invalid_value", f"{_show(choice)} is chosen more than once.")
+                raise ValueProblem("invalid_value", f"{show_value(choice)} is chosen more than once.")
             seen.add(choice)
         return list(value)
 
@@ -211,7 +212,9 @@ class Schema:
     spec: dict[str, Any] = field(default_factory=dict)
 
 
-class _Collector:
+class Problems:
+    """Every problem of a document being checked, each located by its path: {path, code, message}."""
+
     def __init__(self) -> None:
         self.errors: list[dict[str, str]] = []
 
@@ -224,7 +227,7 @@ class _Collector:
             self.add(path, "required", f"The {what} needs a name.")
             return None
         if type(value) is not str:
-            self.add(path, "invalid_type", f"The {what} name must be a string, got {_show(value)}.")
+            self.add(path, "invalid_type", f"The {what} name must be a string, got {show_value(value)}.")
             return None
         if not value.strip():
             self.add(path, "too_short", f"The {what} name must have at least one visible character.")
@@ -253,10 +256,12 @@ def _join(path: str, key: str) -> str:
 
 def parse_schema(spec: Any) -> Schema:
     """Validate a whole spec and return its `Schema`; SpecInvalid lists every problem found."""
-    out = _Collector()
+    out = Problems()
     if not isinstance(spec, dict):
         out.add(
-            "", "invalid_type", f"The spec must be an object with settings and classes, got {_show(spec)}."
+            "",
+            "invalid_type",
+            f"The spec must be an object with settings and classes, got {show_value(spec)}.",
         )
         raise SpecInvalid(out.errors)
     out.unknown_keys(spec, frozenset({"settings", "classes"}), "", "The spec")
@@ -268,7 +273,7 @@ def parse_schema(spec: Any) -> Schema:
     if raw_classes is None:
         out.add("classes", "required", "The spec needs a list of classes.")
     elif type(raw_classes) is not list:
-        out.add("classes", "invalid_type", f"classes must be a list, got {_show(raw_classes)}.")
+        out.add("classes", "invalid_type", f"classes must be a list, got {show_value(raw_classes)}.")
     elif not raw_classes:
         out.add("classes", "too_short", "The schema needs at least one class.")
     else:
@@ -290,12 +295,12 @@ def parse_schema(spec: Any) -> Schema:
     )
 
 
-def _parse_settings(settings: Any, out: _Collector) -> tuple[str, str]:
+def _parse_settings(settings: Any, out: Problems) -> tuple[str, str]:
     classification, out_of_bounds = "single", "reject"
     if settings is None:
         return classification, out_of_bounds
     if not isinstance(settings, dict):
-        out.add("settings", "invalid_type", f"settings must be an object, got {_show(settings)}.")
+        out.add("settings", "invalid_type", f"settings must be an object, got {show_value(settings)}.")
         return classification, out_of_bounds
     out.unknown_keys(settings, frozenset({"classification", "out_of_bounds"}), "settings", "settings")
     for key, choices in (
@@ -309,7 +314,7 @@ def _parse_settings(settings: Any, out: _Collector) -> tuple[str, str]:
             out.add(
                 f"settings.{key}",
                 "unknown_option",
-                f"settings.{key} must be {' or '.join(choices)}, got {_show(value)}.",
+                f"settings.{key} must be {' or '.join(choices)}, got {show_value(value)}.",
             )
         elif key == "classification":
             classification = value
@@ -318,9 +323,9 @@ def _parse_settings(settings: Any, out: _Collector) -> tuple[str, str]:
     return classification, out_of_bounds
 
 
-def _parse_class(raw: Any, path: str, out: _Collector) -> tuple[ClassDef, dict[str, Any]] | None:
+def _parse_class(raw: Any, path: str, out: Problems) -> tuple[ClassDef, dict[str, Any]] | None:
     if not isinstance(raw, dict):
-        out.add(path, "invalid_type", f"A class must be an object, got {_show(raw)}.")
+        out.add(path, "invalid_type", f"A class must be an object, got {show_value(raw)}.")
         return None
     before = len(out.errors)
     out.unknown_keys(raw, _CLASS_KEYS, path, "A class")
@@ -331,16 +336,20 @@ def _parse_class(raw: Any, path: str, out: _Collector) -> tuple[ClassDef, dict[s
         out.add(f"{path}.color", "required", "The class needs a color as #rrggbb.")
     elif type(color) is not str or not _COLOR.fullmatch(color):
         out.add(
-            f"{path}.color", "invalid_value", f"The color must be #rrggbb (hex digits), got {_show(color)}."
+            f"{path}.color",
+            "invalid_value",
+            f"The color must be #rrggbb (hex digits), got {show_value(color)}.",
         )
 
     hotkey = raw.get("hotkey")
     if hotkey is not None and (type(hotkey) is not str or len(hotkey) != 1 or hotkey.isspace()):
-        out.add(f"{path}.hotkey", "invalid_value", f"A hotkey is one visible character, got {_show(hotkey)}.")
+        out.add(
+            f"{path}.hotkey", "invalid_value", f"A hotkey is one visible character, got {show_value(hotkey)}."
+        )
 
     parent = raw.get("parent")
     if parent is not None and type(parent) is not str:
-        out.add(f"{path}.parent", "invalid_type", f"parent must be a class name, got {_show(parent)}.")
+        out.add(f"{path}.parent", "invalid_type", f"parent must be a class name, got {show_value(parent)}.")
 
     tools = _parse_tools(raw.get("tools"), f"{path}.tools", out)
     attributes = _parse_attributes(raw.get("attributes"), f"{path}.attributes", out)
@@ -371,12 +380,12 @@ def _parse_class(raw: Any, path: str, out: _Collector) -> tuple[ClassDef, dict[s
     return class_def, normal
 
 
-def _parse_tools(tools: Any, path: str, out: _Collector) -> list[str]:
+def _parse_tools(tools: Any, path: str, out: Problems) -> list[str]:
     if tools is None:
         out.add(path, "required", f"The class needs its tools, one or more of: {', '.join(TOOLS)}.")
         return []
     if type(tools) is not list:
-        out.add(path, "invalid_type", f"tools must be a list of region types, got {_show(tools)}.")
+        out.add(path, "invalid_type", f"tools must be a list of region types, got {show_value(tools)}.")
         return []
     if not tools:
         out.add(path, "too_short", f"The class needs at least one tool: {', '.join(TOOLS)}.")
@@ -387,7 +396,7 @@ def _parse_tools(tools: Any, path: str, out: _Collector) -> list[str]:
             out.add(
                 f"{path}[{index}]",
                 "unknown_option",
-                f"{_show(tool)} is not a tool; the tools are: {', '.join(TOOLS)}.",
+                f"{show_value(tool)} is not a tool; the tools are: {', '.join(TOOLS)}.",
             )
         elif tool in result:
             out.add(f"{path}[{index}]", "duplicate", f"The tool {tool!r} is listed twice.")
@@ -396,11 +405,11 @@ def _parse_tools(tools: Any, path: str, out: _Collector) -> list[str]:
     return result
 
 
-def _parse_attributes(raw: Any, path: str, out: _Collector) -> list[tuple[AttributeDef, dict[str, Any]]]:
+def _parse_attributes(raw: Any, path: str, out: Problems) -> list[tuple[AttributeDef, dict[str, Any]]]:
     if raw is None:
         return []
     if type(raw) is not list:
-        out.add(path, "invalid_type", f"attributes must be a list, got {_show(raw)}.")
+        out.add(path, "invalid_type", f"attributes must be a list, got {show_value(raw)}.")
         return []
     result: list[tuple[AttributeDef, dict[str, Any]]] = []
     names: set[str] = set()
@@ -417,9 +426,9 @@ def _parse_attributes(raw: Any, path: str, out: _Collector) -> list[tuple[Attrib
     return result
 
 
-def _parse_attribute(raw: Any, path: str, out: _Collector) -> tuple[AttributeDef, dict[str, Any]] | None:
+def _parse_attribute(raw: Any, path: str, out: Problems) -> tuple[AttributeDef, dict[str, Any]] | None:
     if not isinstance(raw, dict):
-        out.add(path, "invalid_type", f"An attribute must be an object, got {_show(raw)}.")
+        out.add(path, "invalid_type", f"An attribute must be an object, got {show_value(raw)}.")
         return None
     before = len(out.errors)
     out.unknown_keys(raw, _ATTRIBUTE_KEYS, path, "An attribute")
@@ -432,7 +441,7 @@ def _parse_attribute(raw: Any, path: str, out: _Collector) -> tuple[AttributeDef
         out.add(
             f"{path}.type",
             "unknown_option",
-            f"{_show(kind)} is not an attribute type; the types are: {', '.join(ATTRIBUTE_TYPES)}.",
+            f"{show_value(kind)} is not an attribute type; the types are: {', '.join(ATTRIBUTE_TYPES)}.",
         )
         return None
     applicable = _KEYS_BY_TYPE[kind]
@@ -442,7 +451,9 @@ def _parse_attribute(raw: Any, path: str, out: _Collector) -> tuple[AttributeDef
 
     required = raw.get("required", False)
     if type(required) is not bool:
-        out.add(f"{path}.required", "invalid_type", f"required must be true or false, got {_show(required)}.")
+        out.add(
+            f"{path}.required", "invalid_type", f"required must be true or false, got {show_value(required)}."
+        )
 
     options: tuple[str, ...] = ()
     if kind in ("enum", "multi_enum"):
@@ -510,12 +521,12 @@ def _parse_attribute(raw: Any, path: str, out: _Collector) -> tuple[AttributeDef
     return attribute, normal
 
 
-def _parse_options(raw: Any, path: str, out: _Collector) -> tuple[str, ...]:
+def _parse_options(raw: Any, path: str, out: Problems) -> tuple[str, ...]:
     if raw is None:
         out.add(path, "required", "An enum attribute needs its options (one or more strings).")
         return ()
     if type(raw) is not list:
-        out.add(path, "invalid_type", f"options must be a list of strings, got {_show(raw)}.")
+        out.add(path, "invalid_type", f"options must be a list of strings, got {show_value(raw)}.")
         return ()
     if not raw:
         out.add(path, "too_short", "An enum attribute needs at least one option.")
@@ -526,7 +537,7 @@ def _parse_options(raw: Any, path: str, out: _Collector) -> tuple[str, ...]:
             out.add(
                 f"{path}[{index}]",
                 "invalid_value",
-                f"An option is a string of 1-{NAME_MAX} characters, got {_show(option)}.",
+                f"An option is a string of 1-{NAME_MAX} characters, got {show_value(option)}.",
             )
         elif option in seen:
             out.add(f"{path}[{index}]", "duplicate", f"The option {option!r} is listed twice.")
@@ -535,7 +546,7 @@ def _parse_options(raw: Any, path: str, out: _Collector) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _parse_bound(raw: Any, kind: str, path: str, out: _Collector) -> float | None:
+def _parse_bound(raw: Any, kind: str, path: str, out: Problems) -> float | None:
     if raw is None:
         return None
     if kind == "int":
@@ -543,27 +554,29 @@ def _parse_bound(raw: Any, kind: str, path: str, out: _Collector) -> float | Non
             raw = int(raw)
         if type(raw) is not int or not -_INT_LIMIT < raw < _INT_LIMIT:
             out.add(
-                path, "invalid_type", f"The bound of an int attribute must be an integer, got {_show(raw)}."
+                path,
+                "invalid_type",
+                f"The bound of an int attribute must be an integer, got {show_value(raw)}.",
             )
             return None
         return raw
     if not is_number(raw):
-        out.add(path, "invalid_type", f"The bound must be a finite number, got {_show(raw)}.")
+        out.add(path, "invalid_type", f"The bound must be a finite number, got {show_value(raw)}.")
         return None
     return float(raw)
 
 
-def _parse_length(raw: Any, path: str, out: _Collector) -> int | None:
+def _parse_length(raw: Any, path: str, out: Problems) -> int | None:
     if raw is None:
         return None
     if type(raw) is not int or raw < 0:
-        out.add(path, "invalid_value", f"A length is an integer ≥ 0, got {_show(raw)}.")
+        out.add(path, "invalid_value", f"A length is an integer ≥ 0, got {show_value(raw)}.")
         return None
     return raw
 
 
 def _parse_skeleton(
-    raw: dict[str, Any], tools: list[str], path: str, out: _Collector
+    raw: dict[str, Any], tools: list[str], path: str, out: Problems
 ) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
     skeleton = raw.get("skeleton")
     where = f"{path}.skeleton"
@@ -576,7 +589,9 @@ def _parse_skeleton(
         return (), ()
     if not isinstance(skeleton, dict):
         out.add(
-            where, "invalid_type", f"skeleton must be an object {{keypoints, edges}}, got {_show(skeleton)}."
+            where,
+            "invalid_type",
+            f"skeleton must be an object {{keypoints, edges}}, got {show_value(skeleton)}.",
         )
         return (), ()
     out.unknown_keys(skeleton, frozenset({"keypoints", "edges"}), where, "A skeleton")
@@ -589,7 +604,7 @@ def _parse_skeleton(
         out.add(
             f"{where}.keypoints",
             "invalid_type",
-            f"keypoints must be a list of names, got {_show(raw_names)}.",
+            f"keypoints must be a list of names, got {show_value(raw_names)}.",
         )
     elif not raw_names:
         out.add(f"{where}.keypoints", "too_short", "The skeleton needs at least one keypoint.")
@@ -609,7 +624,9 @@ def _parse_skeleton(
     raw_edges = skeleton.get("edges", [])
     if type(raw_edges) is not list:
         out.add(
-            f"{where}.edges", "invalid_type", f"edges must be a list of index pairs, got {_show(raw_edges)}."
+            f"{where}.edges",
+            "invalid_type",
+            f"edges must be a list of index pairs, got {show_value(raw_edges)}.",
         )
         raw_edges = []
     # Without a list of names there is nothing to hold the indices to; the names' error says why.
@@ -617,7 +634,9 @@ def _parse_skeleton(
     for index, edge in enumerate(raw_edges):
         edge_path = f"{where}.edges[{index}]"
         if type(edge) is not list or len(edge) != 2 or any(type(end) is not int for end in edge):
-            out.add(edge_path, "invalid_type", f"An edge is a pair of keypoint indices, got {_show(edge)}.")
+            out.add(
+                edge_path, "invalid_type", f"An edge is a pair of keypoint indices, got {show_value(edge)}."
+            )
             continue
         first, second = edge
         if count is None:
@@ -637,7 +656,7 @@ def _parse_skeleton(
     return tuple(names), tuple(edges)
 
 
-def _check_across_classes(raw_classes: list[Any], out: _Collector) -> None:
+def _check_across_classes(raw_classes: list[Any], out: Problems) -> None:
     """Unique names and hotkeys, parents that exist, no parent cycles."""
     names: dict[str, int] = {}
     hotkeys: dict[str, int] = {}

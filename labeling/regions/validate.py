@@ -16,7 +16,7 @@ import numpy as np
 import shapely
 
 from labeling.regions.geometry import clamp_points, clip_polygon, clip_polyline, rle_runs, rle_string
-from labeling.regions.spec import TOOLS, ClassDef, Schema, ValueProblem, is_number
+from labeling.regions.spec import TOOLS, ClassDef, Schema, ValueProblem, is_number, show_value
 
 ID_MAX = 64
 # Floats that should sit on an edge land a hair beyond it after arithmetic in clients.
@@ -122,11 +122,6 @@ def _seconds(value: Any) -> float | None:
     return float(value) if is_number(value) and value > 0 else None
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _is_num(value: Any) -> bool:
     kind = type(value)
     if kind is float:
@@ -173,7 +168,7 @@ def validate_many(
                 "region": None,
                 "field": "",
                 "code": "invalid_type",
-                "message": f"The regions must be a list of region objects, got {_show(regions)}.",
+                "message": f"The regions must be a list of region objects, got {show_value(regions)}.",
             }
             outcome.append((None, [error]))
         elif run.errors:
@@ -256,7 +251,7 @@ class _Run:
         result: list[dict[str, Any]] = []
         for index, region in enumerate(regions):
             if type(region) is not dict:
-                fail(index, "", "invalid_type", f"A region must be an object, got {_show(region)}.")
+                fail(index, "", "invalid_type", f"A region must be an object, got {show_value(region)}.")
                 types.append(None)
                 continue
             if not region.keys() <= allowed_keys:
@@ -286,7 +281,7 @@ class _Run:
                         index,
                         "type",
                         "invalid_value",
-                        f"{_show(kind)} is not a region type; the types are: {', '.join(TOOLS)}.",
+                        f"{show_value(kind)} is not a region type; the types are: {', '.join(TOOLS)}.",
                     )
             elif kind not in fitting:
                 modalities = TYPE_MODALITIES[str(kind)]
@@ -357,7 +352,7 @@ class _Run:
         if region_id is None:
             self.fail(index, "id", "required", "The region needs an id (a string of 1-64 characters).")
         elif type(region_id) is not str:
-            self.fail(index, "id", "invalid_type", f"The id must be a string, got {_show(region_id)}.")
+            self.fail(index, "id", "invalid_type", f"The id must be a string, got {show_value(region_id)}.")
         elif not region_id:
             self.fail(index, "id", "too_short", "The id must not be empty.")
         else:
@@ -367,7 +362,9 @@ class _Run:
         if label is None:
             self.fail(index, "label", "required", "The region needs a label: a class of the schema.")
         elif type(label) is not str:
-            self.fail(index, "label", "invalid_type", f"The label must be a class name, got {_show(label)}.")
+            self.fail(
+                index, "label", "invalid_type", f"The label must be a class name, got {show_value(label)}."
+            )
         else:
             names = list(self.schema.classes)
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
@@ -383,7 +380,10 @@ class _Run:
             attributes = {}
         elif type(attributes) is not dict:
             self.fail(
-                index, "attributes", "invalid_type", f"attributes must be an object, got {_show(attributes)}."
+                index,
+                "attributes",
+                "invalid_type",
+                f"attributes must be an object, got {show_value(attributes)}.",
             )
             attributes = {}
         if class_def is None:
@@ -421,7 +421,10 @@ class _Run:
     def _score(self, score: Any, index: int) -> Any:
         if not _is_num(score):
             self.fail(
-                index, "score", "invalid_type", f"The score must be a number in [0, 1], got {_show(score)}."
+                index,
+                "score",
+                "invalid_type",
+                f"The score must be a number in [0, 1], got {show_value(score)}.",
             )
             return score
         if not 0 <= score <= 1:
@@ -447,7 +450,7 @@ class _Run:
                     index,
                     path,
                     "invalid_type",
-                    f"{path} must be an object with {', '.join(required)}, got {_show(geometry)}.",
+                    f"{path} must be an object with {', '.join(required)}, got {show_value(geometry)}.",
                 )
             return False
         complete = True
@@ -477,7 +480,7 @@ class _Run:
                     index,
                     f"{path}.{key}",
                     "invalid_type",
-                    f"Expected a finite number, got {_show(geometry[key])}.",
+                    f"Expected a finite number, got {show_value(geometry[key])}.",
                 )
                 fine = False
         return fine
@@ -487,7 +490,9 @@ class _Run:
     ) -> list[list[Any]] | None:
         """A list of [x, y] (or [x, y, v]) with finite numbers, at least `minimum` long, copied as floats."""
         if type(points) is not list:
-            self.fail(index, path, "invalid_type", f"Expected a list of points [x, y], got {_show(points)}.")
+            self.fail(
+                index, path, "invalid_type", f"Expected a list of points [x, y], got {show_value(points)}."
+            )
             return None
         result: list[list[Any]] = []
         append = result.append
@@ -521,7 +526,7 @@ class _Run:
     def _bad_point(self, point: Any, index: int, path: str, size: int) -> None:
         shape = "[x, y]" if size == 2 else "[x, y, v]"
         if type(point) is not list or len(point) != size:
-            self.fail(index, path, "invalid_type", f"A point is {shape}, got {_show(point)}.")
+            self.fail(index, path, "invalid_type", f"A point is {shape}, got {show_value(point)}.")
             return
         for position, value in enumerate(point[:2]):
             if not _is_num(value):
@@ -529,7 +534,7 @@ class _Run:
                     index,
                     f"{path}[{position}]",
                     "invalid_type",
-                    f"Expected a finite number, got {_show(value)}.",
+                    f"Expected a finite number, got {show_value(value)}.",
                 )
 
     def _outside_point(self, points: list[list[float]], index: int, path: str, what: str) -> bool:
@@ -741,7 +746,7 @@ class _Run:
                     index,
                     "geometry.holes",
                     "invalid_type",
-                    f"holes must be a list of rings, got {_show(raw_holes)}.",
+                    f"holes must be a list of rings, got {show_value(raw_holes)}.",
                 )
                 fine = False
             else:
@@ -857,7 +862,10 @@ class _Run:
         raw = geometry["points"]
         if type(raw) is not list:
             self.fail(
-                index, "geometry.points", "invalid_type", f"Expected a list of [x, y, v], got {_show(raw)}."
+                index,
+                "geometry.points",
+                "invalid_type",
+                f"Expected a list of [x, y, v], got {show_value(raw)}.",
             )
             return None
         fine = True
@@ -882,7 +890,7 @@ class _Run:
                     f"geometry.points[{position}][2]",
                     "invalid_value",
                     "The visibility is 0 (not labelled), 1 (hidden) or 2 (visible), "
-                    f"got {_show(visibility)}.",
+                    f"got {show_value(visibility)}.",
                 )
                 fine = False
                 continue
@@ -917,7 +925,7 @@ class _Run:
                 index,
                 "geometry.rle.size",
                 "invalid_type",
-                f"size is [height, width] in pixels (> 0), got {_show(size)}.",
+                f"size is [height, width] in pixels (> 0), got {show_value(size)}.",
             )
             return None
         height, width = size
@@ -993,7 +1001,7 @@ class _Run:
                     index,
                     f"geometry.{key}",
                     "invalid_type",
-                    f"A character offset is an integer, got {_show(value)}.",
+                    f"A character offset is an integer, got {show_value(value)}.",
                 )
                 fine = False
         if not fine:
@@ -1022,7 +1030,10 @@ class _Run:
             quoted = geometry["text"]
             if type(quoted) is not str:
                 self.fail(
-                    index, "geometry.text", "invalid_type", f"text must be a string, got {_show(quoted)}."
+                    index,
+                    "geometry.text",
+                    "invalid_type",
+                    f"text must be a string, got {show_value(quoted)}.",
                 )
                 fine = False
             elif fine and self.item.text is not None and self.item.text[start:end] != quoted:
@@ -1030,7 +1041,7 @@ class _Run:
                     index,
                     "geometry.text",
                     "invalid_value",
-                    f"The span covers {_show(self.item.text[start:end])}, not {_show(quoted)}.",
+                    f"The span covers {show_value(self.item.text[start:end])}, not {show_value(quoted)}.",
                 )
                 fine = False
             normal["text"] = quoted
@@ -1047,7 +1058,10 @@ class _Run:
             target = geometry[key]
             if type(target) is not str:
                 self.fail(
-                    index, f"geometry.{key}", "invalid_type", f"Expected a region id, got {_show(target)}."
+                    index,
+                    f"geometry.{key}",
+                    "invalid_type",
+                    f"Expected a region id, got {show_value(target)}.",
                 )
                 fine = False
             else:
@@ -1063,7 +1077,9 @@ class _Run:
         fine = True
         text = geometry["text"]
         if type(text) is not str:
-            self.fail(index, "geometry.text", "invalid_type", f"text must be a string, got {_show(text)}.")
+            self.fail(
+                index, "geometry.text", "invalid_type", f"text must be a string, got {show_value(text)}."
+            )
             fine = False
         normal: dict[str, Any] = {"text": text}
         target = geometry.get("region")
@@ -1079,7 +1095,10 @@ class _Run:
                 fine = False
             elif type(target) is not str:
                 self.fail(
-                    index, "geometry.region", "invalid_type", f"Expected a region id, got {_show(target)}."
+                    index,
+                    "geometry.region",
+                    "invalid_type",
+                    f"Expected a region id, got {show_value(target)}.",
                 )
                 fine = False
             else:
@@ -1119,7 +1138,7 @@ class _Run:
                 index,
                 "geometry.keyframes",
                 "invalid_type",
-                f"keyframes must be a list, got {_show(keyframes)}.",
+                f"keyframes must be a list, got {show_value(keyframes)}.",
             )
             return None
         if not keyframes:
@@ -1146,7 +1165,10 @@ class _Run:
         frame = keyframe["frame"]
         if type(frame) is not int:
             self.fail(
-                index, f"{path}.frame", "invalid_type", f"A frame is an integer index, got {_show(frame)}."
+                index,
+                f"{path}.frame",
+                "invalid_type",
+                f"A frame is an integer index, got {show_value(frame)}.",
             )
             fine = False
         elif frame < 0 or (self.item.frames is not None and frame >= self.item.frames):
@@ -1173,7 +1195,10 @@ class _Run:
                 flags[key] = default
             elif type(value) is not bool:
                 self.fail(
-                    index, f"{path}.{key}", "invalid_type", f"{key} is true or false, got {_show(value)}."
+                    index,
+                    f"{path}.{key}",
+                    "invalid_type",
+                    f"{key} is true or false, got {show_value(value)}.",
                 )
                 fine = False
             else:
@@ -1243,7 +1268,7 @@ class _Run:
                     index,
                     f"geometry.{key}",
                     "invalid_type",
-                    f"{key} is [x, y, z] in metres, got {_show(vector)}.",
+                    f"{key} is [x, y, z] in metres, got {show_value(vector)}.",
                 )
                 fine = False
                 continue
@@ -1253,7 +1278,7 @@ class _Run:
                         index,
                         f"geometry.{key}[{axis}]",
                         "invalid_type",
-                        f"Expected a finite number, got {_show(value)}.",
+                        f"Expected a finite number, got {show_value(value)}.",
                     )
                     fine = False
                 elif key == "size" and value <= 0:
