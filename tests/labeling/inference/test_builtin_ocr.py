@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +54,7 @@ LEFT, TOP, LEADING = 40, 40, 60
 FONT = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), 22)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_opencv_thread() -> Iterator[None]:
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    yield
-    cv2.setNumThreads(threads)
+pytestmark = pytest.mark.usefixtures("one_opencv_thread")
 
 
 @pytest.fixture(scope="module")

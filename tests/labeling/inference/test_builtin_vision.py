@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,7 @@ SCHEMA = parse_schema(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_opencv_thread() -> Iterator[None]:
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    yield
-    cv2.setNumThreads(threads)
+pytestmark = pytest.mark.usefixtures("one_opencv_thread")
 
 
 @pytest.fixture(scope="module")
