@@ -20,11 +20,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from shapely.geometry import Polygon
 
-from labeling.regions.compare import similarity
 from labeling.regions.spec import Problems, Schema, is_number, show_value
 from labeling.regions.validate import ItemFacts
+from quality.metrics.matching import similarity_matrix
 
 SEVERITIES: tuple[str, ...] = ("blocking", "warning")
 SIZE_BOUNDS: tuple[str, ...] = (
@@ -572,20 +573,12 @@ def _check_near_duplicates(
         groups.setdefault((str(region.get("type")), str(region.get("label"))), []).append(position)
     pairs: list[tuple[int, int, float]] = []
     for members in groups.values():
-        extents = [_bounds(regions[m]) for m in members]
-        for i, first in enumerate(members):
-            for j in range(i + 1, len(members)):
-                a, b = extents[i], extents[j]
-                # Shapes whose extents do not meet have IoU 0: skip shapely for them.
-                if (
-                    a is not None
-                    and b is not None
-                    and (a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1])
-                ):
-                    continue
-                score = similarity(dict(regions[first]), dict(regions[members[j]]))
-                if score >= threshold:
-                    pairs.append((members[j], first, score))
+        if len(members) < 2:
+            continue
+        # The matcher's similarities (pairs whose extents do not meet are skipped, not computed).
+        scores = similarity_matrix([regions[m] for m in members], [regions[m] for m in members])
+        for i, j in zip(*np.nonzero(np.triu(scores >= threshold, k=1)), strict=True):
+            pairs.append((members[j], members[i], float(scores[i, j])))
     # The later region of a pair is the one flagged: the earlier one was there first.
     for later, earlier, score in sorted(pairs):
         yield (
