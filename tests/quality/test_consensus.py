@@ -322,3 +322,23 @@ def test_fused_regions_are_valid_loupe_regions() -> None:
     assert len(fusion.regions) == 4
     validated = validate_regions(fusion.regions, schema, ItemFacts("image", width=100, height=100))
     assert [r["id"] for r in validated] == ["c1", "c2", "c3", "c4"]
+
+
+@pytest.mark.filterwarnings("ignore")  # crowd-kit's own use of pandas, deprecated in pandas 3.1
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_dawid_skene_agrees_with_crowd_kit(seed: int) -> None:
+    """crowd-kit (Apache-2.0, a test-only dependency) as the reference: the same labels on the
+    simulated crowd, and annotator error read the same way."""
+    import pandas as pd
+    from crowdkit.aggregation import DawidSkene as CrowdKitDawidSkene
+
+    truth, triples = _crowd(seed=seed)
+    frame = pd.DataFrame(triples, columns=["task", "worker", "label"])
+    reference = CrowdKitDawidSkene(n_iter=100, tol=1e-6).fit(frame)
+    theirs = reference.labels_.to_dict()
+    ours = dawid_skene(triples).estimates()
+    same = np.mean([ours[u] == theirs[u] for u in truth])
+    assert same >= 0.98, same
+    ours_accuracy = np.mean([ours[u] == truth[u] for u in truth])
+    theirs_accuracy = np.mean([theirs[u] == truth[u] for u in truth])
+    assert abs(ours_accuracy - theirs_accuracy) <= 0.01

@@ -282,3 +282,31 @@ def test_assign_finds_the_best_total_of_all_pairings(rows: list[list[float]]) ->
         for perm in permutations(range(len(rows)))
     )
     assert total == pytest.approx(best, abs=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 200), st.integers(0, 200), st.integers(1, 120), st.integers(1, 120)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(
+        st.tuples(st.integers(0, 200), st.integers(0, 200), st.integers(1, 120), st.integers(1, 120)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_box_similarities_equal_pycocotools_iou(
+    left: list[tuple[int, int, int, int]], right: list[tuple[int, int, int, int]]
+) -> None:
+    """pycocotools (the COCO evaluation's own IoU) as the reference for boxes."""
+    from pycocotools import mask as coco_mask
+
+    reference = coco_mask.iou(
+        [list(map(float, b)) for b in left], [list(map(float, b)) for b in right], [0] * len(right)
+    )
+    ours = similarity_matrix(
+        [box(str(i), *b) for i, b in enumerate(left)], [box(str(i), *b) for i, b in enumerate(right)]
+    )
+    assert np.allclose(ours, reference, atol=1e-9)
