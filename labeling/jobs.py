@@ -254,13 +254,17 @@ def import_start(
     )
 
 
+def read_text(store: Any, key: str, meta: dict[str, Any], *, limit: int | None = None) -> str:
+    """A text item's content (the first `limit` characters), in the encoding probing found."""
+    with store.open(key) as handle:
+        text: str = handle.read().decode(meta.get("encoding") or "utf-8", errors="replace")
+    return text if limit is None else text[:limit]
+
+
 def item_info(item_id: int, name: str, modality: str, meta: dict[str, Any], key: str, store: Any) -> ItemInfo:
     """An item as converters see it; with a store, text items carry their content (CoNLL, spans)."""
     facts = rg.ItemFacts.from_item(modality, meta)
-    text = None
-    if store is not None and modality == "text":
-        with store.open(key) as handle:
-            text = handle.read().decode(meta.get("encoding") or "utf-8", errors="replace")
+    text = read_text(store, key, meta) if store is not None and modality == "text" else None
     return ItemInfo(
         id=item_id,
         name=name,

@@ -105,6 +105,17 @@ class TaskOutput(FieldsBuiltOnce, serializers.ModelSerializer):
             "updated_at",
         ]
 
+    # What would tell an annotator a task is gold (its flag, its overlap 0) or what quality thinks
+    # of it: shown only to callers who may see quality (serializer context `quality`).
+    QUALITY_FIELDS = ("is_gold", "qc_status", "overlap")
+
+    def to_representation(self, instance: Task) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        if not self.context.get("quality", False):
+            for name in self.QUALITY_FIELDS:
+                data.pop(name, None)
+        return data
+
 
 class AnnotationCreateInput(serializers.Serializer):
     result = RegionsInput(help_text=REGIONS_HELP)
@@ -239,6 +250,11 @@ class WorkflowSerializer(serializers.Serializer):
     review = serializers.ChoiceField(choices=["all", "sample", "qc_flagged", "none"])
     review_fraction = serializers.FloatField(min_value=0, max_value=1)
     rejected_to = serializers.ChoiceField(choices=["author", "pool"])
+    gold_rate = serializers.FloatField(
+        min_value=0,
+        max_value=0.5,
+        help_text="The share of `next` calls that hand a gold task the annotator has not had yet.",
+    )
 
 
 class AssignmentOutput(FieldsBuiltOnce, serializers.ModelSerializer):

@@ -64,7 +64,7 @@ from labeling.serializers import (
     TasksCreateInput,
     WorkflowSerializer,
 )
-from projects.access import project_access
+from projects.access import ProjectAccess, ProjectAction, project_access
 from projects.idempotency import idempotency_parameter, idempotent
 from projects.serializers import JobOutput
 from projects.views import ListView, caller, parse
@@ -149,7 +149,8 @@ class TaskListView(ListView):
 
     @extend_schema(responses=TaskOutput(many=True), tags=["tasks"])
     def get(self, request: Request, project_id: int) -> Response:
-        return self.list_response(selectors.task_list(access=_access(request, project_id)))
+        access = _access(request, project_id)
+        return self.list_response(selectors.task_list(access=access), quality=_sees_quality(access))
 
     @extend_schema(request=TasksCreateInput, responses={200: dict}, tags=["tasks"])
     def post(self, request: Request, project_id: int) -> Response:
@@ -162,8 +163,13 @@ class TaskListView(ListView):
 class TaskDetailView(generics.GenericAPIView):
     @extend_schema(responses=TaskOutput, tags=["tasks"])
     def get(self, request: Request, project_id: int, task_id: int) -> Response:
-        task = selectors.task_get(access=_access(request, project_id), task_id=task_id)
-        return Response(TaskOutput(task).data)
+        access = _access(request, project_id)
+        task = selectors.task_get(access=access, task_id=task_id)
+        return Response(TaskOutput(task, context={"quality": _sees_quality(access)}).data)
+
+
+def _sees_quality(access: ProjectAccess) -> bool:
+    return access.can(ProjectAction.QUALITY_VIEW)
 
 
 # --- Annotations -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from labeling import hooks
 from labeling.models import (
     Annotation,
     AnnotationState,
@@ -42,6 +44,7 @@ from labeling.services import (
     _require_schema,
     _validate,
     item_facts,
+    parsed_schema,
     record_prediction_outcome,
     require_schema_id,
     revision_for,
@@ -60,6 +63,10 @@ from projects.rows import Columns, fetch_one, insert, update
 from storage.models import Blob, Item
 
 FINAL_STATES = (TaskState.ACCEPTED, TaskState.DONE)
+QC_FLAGGED = "flagged"
+QC_PASSED = "passed"
+# Which gold task a `next` hands is no secret worth protecting: a plain generator will do.
+_random = random.Random()  # noqa: S311
 REVIEW_LEASE = timedelta(minutes=30)
 
 # The queue's hot paths read through hand-written statements (projects/rows.py): every annotator
@@ -94,6 +101,11 @@ class NotInReview(Conflict):
     default_message = "The task is not waiting for review."
 
 
+class AnnotatorPaused(DomainError):
+    code, status_code = "annotator_paused", 403
+    default_message = "Your annotation work in this project is paused; ask a project manager."
+
+
 class AlreadyAssigned(Conflict):
     code = "already_assigned"
     default_message = "That user already has this task."
@@ -115,12 +127,15 @@ class Workflow:
     review: str = "none"  # all | sample | qc_flagged | none
     review_fraction: float = 0.1
     rejected_to: str = "author"  # author | pool
+    # The share of `next` calls that hand a gold task (one the annotator has not had) instead of
+    # the next regular one, while regular work is left for them.
+    gold_rate: float = 0.0
 
     def needs_review(self, task: Task) -> bool:
-        if self.review == "all":
+        # Flagged by quality checks (annotators who disagree, a blocking finding after the fact):
+        # reviewed whatever the routine policy, "none" included.
+        if task.qc_status == QC_FLAGGED or self.review == "all":
             return True
-        if self.review == "qc_flagged":
-            return task.qc_status == "flagged"
         if self.review == "sample":
             # Stable per task and seed: the same tasks are sampled however often this is asked.
             digest = hashlib.sha256(f"{self.seed}:{task.pk}".encode()).digest()
@@ -148,7 +163,8 @@ def workflow_update(*, actor: User, access: ProjectAccess, changes: dict[str, An
     after = replace(before, **changes)
     project.settings = {**(project.settings or {}), "workflow": asdict(after)}
     project.save(update_fields=["settings", "updated_at"])
-    tasks = Task.objects.filter(project=project).exclude(state__in=FINAL_STATES)
+    # Gold tasks keep overlap 0: they are handed by the gold rate, never through their slots.
+    tasks = Task.objects.filter(project=project, is_gold=False).exclude(state__in=FINAL_STATES)
     if after.overlap != before.overlap:
         tasks.update(overlap=after.overlap)
         _recount_open_slots(project.pk)
@@ -209,11 +225,18 @@ def _set_state(task: Task, state: str, *, actor: User | None, reason: str) -> No
 
 
 def _after_submission(task: Task, workflow: Workflow, actor: User) -> None:
-    """A task whose slots are all submitted goes to review, or is done."""
+    """A task whose slots are all submitted goes to review, or is done.
+
+    Gold tasks never move: every annotator may answer them once, and their answers are scored
+    against the ground truth (quality) rather than reviewed.
+    """
+    if task.is_gold:
+        return
     if task.submitted < task.overlap or task.active > 0:
         if task.state == TaskState.OPEN:
             _set_state(task, TaskState.IN_PROGRESS, actor=actor, reason="submitted")
         return
+    hooks.task_complete(task)  # may flag the task (qc_status) before the review decision
     if workflow.needs_review(task):
         _set_state(task, TaskState.IN_REVIEW, actor=actor, reason="all annotations submitted")
     else:
@@ -246,11 +269,25 @@ def _locked_assignment(assignment_id: int) -> Assignment:
 
 def _save_task(task: Task) -> None:
     """Write what the services change on a locked task: its state, counters and review lease."""
-    update(task, ["state", "active", "submitted", "open_slots", "review_by_id", "review_until", "updated_at"])
+    update(
+        task,
+        [
+            "state",
+            "active",
+            "submitted",
+            "open_slots",
+            "qc_status",
+            "review_by_id",
+            "review_until",
+            "updated_at",
+        ],
+    )
 
 
 def _free_slot(task: Task) -> None:
     task.active -= 1
+    if task.is_gold:
+        return
     if task.state not in FINAL_STATES and task.state != TaskState.IN_REVIEW:
         task.open_slots = max(task.overlap - task.active - task.submitted, 0)
     if task.active == 0 and task.submitted == 0 and task.state == TaskState.IN_PROGRESS:
@@ -260,7 +297,7 @@ def _free_slot(task: Task) -> None:
 def _take_slot(task: Task, actor: User) -> None:
     task.active += 1
     task.open_slots = max(task.overlap - task.active - task.submitted, 0)
-    if task.state == TaskState.OPEN:
+    if task.state == TaskState.OPEN and not task.is_gold:
         _set_state(task, TaskState.IN_PROGRESS, actor=actor, reason="taken")
 
 
@@ -304,6 +341,8 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
     one SKIP LOCKED statement that locks and returns the task row, then two writes.
     """
     access.require(ProjectAction.ANNOTATE)
+    if access.paused:
+        raise AnnotatorPaused(project_id=access.project.pk)
     project = access.project
     workflow = workflow_of(project)
     now = timezone.now()
@@ -341,6 +380,9 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
         task = _pull(project, actor.pk, _ORDER[workflow.ordering])
         if task is None:
             return None
+        if workflow.gold_rate > 0 and _random.random() < workflow.gold_rate:
+            # In place of the regular task (whose row lock ends with this transaction, untouched).
+            task = _pull(project, actor.pk, _ORDER["random"], gold=True) or task
         _take_slot(task, actor)
         _save_task(task)
         assignment = Assignment(task=task, user=actor)
@@ -365,16 +407,18 @@ def _waiting(project_id: int, user_id: int, limit: int) -> list[Assignment]:
         return [_ASSIGNMENT.build(row) for row in cursor.fetchall()]
 
 
-def _pull(project: Project, user_id: int, order: str) -> Task | None:
-    """Lock and return the first task with a free slot the user never had, skipping locked rows."""
+def _pull(project: Project, user_id: int, order: str, *, gold: bool = False) -> Task | None:
+    """Lock and return the first task with a free slot the user never had, skipping locked rows;
+    with `gold`, the first gold task the user never had (gold tasks have no slots to run out of)."""
+    which = "t.is_gold" if gold else "t.open_slots > 0"
     sql = f"""
         SELECT {_TASK.sql} FROM labeling_task t
-        WHERE t.project_id = %s AND t.open_slots > 0
+        WHERE t.project_id = %s AND {which}
           AND NOT EXISTS (SELECT 1 FROM labeling_assignment a WHERE a.task_id = t.id AND a.user_id = %s)
         ORDER BY {order}
         LIMIT 1
         FOR UPDATE OF t SKIP LOCKED
-    """  # noqa: S608  (column names from model metadata, order one of the constant clauses of _ORDER)
+    """  # noqa: S608  (column names from model metadata, order and which constant clauses)
     found = fetch_one(sql, [project.pk, user_id], _TASK)
     if found is None:
         return None
@@ -562,8 +606,12 @@ def assignment_submit(
     found, schema_id = _own_assignment(actor, access, assignment_id)
     schema = require_schema_id(access.project.pk, schema_id)
     workflow = workflow_of(access.project)
-    regions = _validate(result, schema, item_facts(found.task.item))
+    facts = item_facts(found.task.item)
+    regions = _validate(result, schema, facts)
     _check_prediction(found.task_id, from_prediction_id)
+    record = hooks.submit_checks(
+        hooks.Submitted(access.project, found.task, actor.pk, regions, parsed_schema(schema), facts)
+    )
     with transaction.atomic():
         task = _locked_task(found.task_id, access.project)
         assignment = _locked_assignment(found.pk)
@@ -572,7 +620,8 @@ def assignment_submit(
             return Annotation.objects.get(id=assignment.annotation_id), False
         slot_lost = False
         if assignment.state == AssignmentState.EXPIRED:
-            if task.open_slots > 0 and task.state not in FINAL_STATES:
+            # A gold task has no slots to lose: every annotator answers it once.
+            if task.is_gold or (task.open_slots > 0 and task.state not in FINAL_STATES):
                 _take_slot(task, actor)
             else:
                 slot_lost = True
@@ -582,6 +631,7 @@ def assignment_submit(
             annotation = _submit(
                 assignment, task, actor, regions, schema.version, lead_time_ms, workflow, from_prediction_id
             )
+            record(annotation)
             return annotation, True
     # The slot is gone: keep the work as the caller's draft, in its own transaction, then say so.
     with transaction.atomic():
@@ -940,10 +990,18 @@ def annotation_review(
     if verdict == Verdict.REJECT and not comment.strip():
         raise InvalidInput("Say what to change: a rejection needs a comment.", field="comment")
     regions = None
+    record: hooks.Recorder | None = None
     if verdict == Verdict.FIX:
         if result is None:
             raise InvalidInput("A fix carries the corrected result.", field="result")
-        regions = _validate(result, _require_schema(access.project.pk), item_facts(found.task.item))
+        schema, facts = _require_schema(access.project.pk), item_facts(found.task.item)
+        regions = _validate(result, schema, facts)
+        # The fix is held to the project's rules like any submit (it becomes the accepted labels).
+        record = hooks.submit_checks(
+            hooks.Submitted(
+                access.project, found.task, found.author_id, regions, parsed_schema(schema), facts
+            )
+        )
     workflow = workflow_of(access.project)
     with transaction.atomic():
         task = _locked_task(found.task_id, access.project)
@@ -961,6 +1019,8 @@ def annotation_review(
             annotation.version += 1
             annotation.save(update_fields=["result", "version", "updated_at"])
             _revision(annotation, RevisionAction.UPDATE, actor, before)
+            if record is not None:
+                record(annotation)
         Review.objects.create(
             annotation=annotation,
             reviewer=actor,

@@ -61,6 +61,9 @@ class ProjectAction(StrEnum):
     COMMENT = "project.comments.create"
     PROGRESS_VIEW = "project.progress.view"
     ANNOTATORS_VIEW = "project.annotators.view"
+    QUALITY_VIEW = "project.quality.view"
+    QUALITY_TRIAGE = "project.quality.triage"
+    QUALITY_MANAGE = "project.quality.manage"
 
 
 _ALL_ORG = frozenset(OrgRole.values)
@@ -121,6 +124,12 @@ PROJECT_MATRIX: dict[ProjectAction, frozenset[str]] = {
     ),
     ProjectAction.PROGRESS_VIEW: _ALL_PROJECT,
     ProjectAction.ANNOTATORS_VIEW: frozenset({ProjectRole.MANAGER, ProjectRole.REVIEWER, ORG_ADMIN}),
+    # Findings, reports and scores: never annotators (a finding on a gold task would give it away).
+    ProjectAction.QUALITY_VIEW: frozenset(
+        {ProjectRole.MANAGER, ProjectRole.REVIEWER, ProjectRole.ML_ENGINEER, ORG_ADMIN}
+    ),
+    ProjectAction.QUALITY_TRIAGE: frozenset({ProjectRole.MANAGER, ProjectRole.REVIEWER, ORG_ADMIN}),
+    ProjectAction.QUALITY_MANAGE: _MANAGERS,
 }
 
 
@@ -142,6 +151,8 @@ class OrgAccess:
 class ProjectAccess:
     project: Project
     role: str
+    # The caller's membership is paused: they may not take new tasks (labeling.workflow).
+    paused: bool = False
 
     def can(self, action: ProjectAction) -> bool:
         return self.role in PROJECT_MATRIX[action]
@@ -194,7 +205,8 @@ _ORG = Columns(Organization, "o")
 # the caller's two roles, instead of three ORM queries (whose building costs more than running).
 _ACCESS_SQL = (
     f"SELECT {_PROJECT.sql}, {_ORG.sql}"  # noqa: S608  (column names from model metadata)
-    ", (SELECT m.role FROM projects_projectmember m WHERE m.project_id = p.id AND m.user_id = %s)"
+    ", (SELECT m.role || CASE WHEN m.paused_at IS NULL THEN '' ELSE ':paused' END"
+    " FROM projects_projectmember m WHERE m.project_id = p.id AND m.user_id = %s)"
     ", (SELECT r.role FROM projects_membership r"
     " WHERE r.organization_id = p.organization_id AND r.user_id = %s)"
     " FROM projects_project p JOIN projects_organization o ON o.id = p.organization_id WHERE p.id = %s"
@@ -204,8 +216,9 @@ _ACCESS_SQL = (
 def project_access(*, user: User, project_id: int) -> ProjectAccess:
     """The caller's access to a project; NotFound when the caller may not see it."""
     found = fetch_one(_ACCESS_SQL, [user.pk, user.pk, project_id], _PROJECT, _ORG)
-    role = _effective_role(found[2], found[3]) if found is not None else None
+    member_role, _, paused = (found[2] or "").partition(":") if found is not None else ("", "", "")
+    role = _effective_role(member_role or None, found[3]) if found is not None else None
     if found is None or role is None:
         raise NotFound("Project not found.", project_id=project_id)
     project, project.organization = found[0], found[1]
-    return ProjectAccess(project=project, role=role)
+    return ProjectAccess(project=project, role=role, paused=bool(paused))

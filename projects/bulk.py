@@ -108,17 +108,21 @@ def insert_on_conflict(
     *,
     conflict: Sequence[str],
     update: Sequence[str] = (),
+    update_sql: Sequence[str] = (),
 ) -> int:
     """Insert rows (values in `columns` order) in one statement; a row that would break the
     unique `conflict` columns is skipped, or, with `update`, sets those columns of the row it
-    meets. Returns how many rows were inserted or updated. For batches up to a few thousand."""
+    meets. `update_sql` adds assignments written in SQL by the caller (constant text, reading
+    the row met by its table name and the new one as EXCLUDED). Returns how many rows were
+    inserted or updated. For batches up to a few thousand."""
     if not rows:
         return 0
     table = connection.ops.quote_name(model._meta.db_table)
     source, values, params = _unnest(model, columns, rows)
-    if update:
+    if update or update_sql:
         action = "UPDATE SET " + ", ".join(
-            f"{connection.ops.quote_name(c)} = EXCLUDED.{connection.ops.quote_name(c)}" for c in update
+            [f"{connection.ops.quote_name(c)} = EXCLUDED.{connection.ops.quote_name(c)}" for c in update]
+            + list(update_sql)
         )
     else:
         action = "NOTHING"

@@ -99,6 +99,10 @@ class ProjectMember(models.Model):
         django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_roles"
     )
     role = models.CharField(max_length=16, choices=ProjectRole.choices)
+    # Set while the member may not take new tasks (quality pauses an annotator whose accuracy on
+    # gold tasks fell below the project's threshold; a manager resumes them).
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_reason = models.CharField(max_length=500, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

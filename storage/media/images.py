@@ -13,6 +13,7 @@ on as a second net, and its warning is turned into the same refusal.
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from storage.media.base import (
     DEFAULT_LIMITS,
@@ -114,6 +115,16 @@ def image_phash(path: Path, *, limits: ProbeLimits = DEFAULT_LIMITS) -> int:
 def phash_distance(a: int, b: int) -> int:
     """How many of the 64 bits differ between two hashes from image_phash (0 = same picture)."""
     return ((a ^ b) & (2 * _SIGNED_64 - 1)).bit_count()
+
+
+def image_gray(data: bytes, *, size: int, limits: ProbeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """An image as a size x size grayscale array in [0, 1] (area-averaged, upright), the raw
+    material of quality's pixel features for images with no embedding model."""
+    with pillow_errors(), Image.open(io.BytesIO(data), formats=_available_formats()) as image:
+        refuse_if_too_many_pixels(*image.size, limits)
+        upright = ImageOps.exif_transpose(image) or image
+        gray = upright.convert("L").resize((size, size), Image.Resampling.BOX)
+        return np.asarray(gray, dtype=np.float32) / 255.0
 
 
 @contextmanager

@@ -1,0 +1,74 @@
+"""What the apps built on labeling add to its services, called explicitly (never signals).
+
+`labeling` may not import `quality`, so quality registers here in its AppConfig.ready and the
+workflow calls the hooks at fixed points:
+
+- **submit checks** run on a submit's (or a reviewer's fix's) validated regions before anything
+  is written. A check refuses the work by raising a DomainError (the caller gets its status and
+  code, nothing is written); otherwise it may return a recorder, which the service calls inside
+  its transaction once the annotation is saved (to keep warnings as findings, score a gold
+  answer…), so what a check saw is recorded in the same commit as the work or not at all.
+- **task complete** runs inside the submit transaction, the task row locked, when the last slot
+  of a task is submitted and before the workflow decides between review and done. A hook may set
+  the task's `qc_status` (to "flagged", say, for annotators who disagree); the workflow saves it
+  and routes flagged tasks to review.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from labeling.models import Annotation, Task
+    from labeling.regions import ItemFacts, Schema
+    from projects.models import Project
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Work about to be submitted: validated regions of `author_id` for `task` (its item loaded)."""
+
+    project: Project
+    task: Task
+    author_id: int
+    regions: list[dict[str, Any]]
+    schema: Schema
+    facts: ItemFacts
+
+
+Recorder = Callable[["Annotation"], None]
+SubmitCheck = Callable[[Submitted], Recorder | None]
+TaskComplete = Callable[["Task"], None]
+
+_SUBMIT_CHECKS: list[SubmitCheck] = []
+_TASK_COMPLETE: list[TaskComplete] = []
+
+
+def on_submit_check(hook: SubmitCheck) -> SubmitCheck:
+    if hook not in _SUBMIT_CHECKS:
+        _SUBMIT_CHECKS.append(hook)
+    return hook
+
+
+def on_task_complete(hook: TaskComplete) -> TaskComplete:
+    if hook not in _TASK_COMPLETE:
+        _TASK_COMPLETE.append(hook)
+    return hook
+
+
+def submit_checks(work: Submitted) -> Recorder:
+    """Run every check (outside any transaction); the returned recorder runs theirs in order."""
+    recorders = [recorder for check in _SUBMIT_CHECKS if (recorder := check(work)) is not None]
+
+    def record(annotation: Annotation) -> None:
+        for recorder in recorders:
+            recorder(annotation)
+
+    return record
+
+
+def task_complete(task: Task) -> None:
+    for hook in _TASK_COMPLETE:
+        hook(task)
