@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class QualityConfig(AppConfig):
     name = "quality"
     verbose_name = "Quality checks, agreement and annotator scores"
+
+    def ready(self) -> None:
+        from labeling import hooks
+        from quality import jobs  # noqa: F401  (register the quality job kinds)
+        from quality.services import submit_check, task_complete
+
+        hooks.on_submit_check(submit_check)
+        hooks.on_task_complete(task_complete)
