@@ -20,12 +20,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from shapely.geometry import Polygon
 
 from labeling.regions.spec import Problems, Schema, is_number, show_value
 from labeling.regions.validate import ItemFacts
-from quality.metrics.matching import similarity_matrix
+from quality.metrics.matching import similar_pairs
 
 SEVERITIES: tuple[str, ...] = ("blocking", "warning")
 SIZE_BOUNDS: tuple[str, ...] = (
@@ -484,18 +483,15 @@ def _extent(region: Mapping[str, Any]) -> tuple[float, float, float]:
 def _check_size(
     rule: Rule, regions: list[Mapping[str, Any]], schema: Schema, facts: ItemFacts, text: str | None
 ) -> Iterator[_Raw]:
+    limits = [(*bound.split("_"), limit) for bound in SIZE_BOUNDS if (limit := rule.param(bound)) is not None]
+    units = {"width": " px", "height": " px", "area": " px²", "aspect": ""}
     for region in regions:
         if region.get("type") not in _SIZED_TYPES:
             continue
         width, height, area = _extent(region)
         aspect = width / height if height > 0 else math.inf
         measured = {"width": width, "height": height, "area": area, "aspect": aspect}
-        units = {"width": " px", "height": " px", "area": " px²", "aspect": ""}
-        for bound in SIZE_BOUNDS:
-            limit = rule.param(bound)
-            if limit is None:
-                continue
-            side, what = bound.split("_")
+        for side, what, limit in limits:
             value = measured[what]
             if (side == "min" and value < limit) or (side == "max" and value > limit):
                 word = "at least" if side == "min" else "at most"
@@ -576,9 +572,8 @@ def _check_near_duplicates(
         if len(members) < 2:
             continue
         # The matcher's similarities (pairs whose extents do not meet are skipped, not computed).
-        scores = similarity_matrix([regions[m] for m in members], [regions[m] for m in members])
-        for i, j in zip(*np.nonzero(np.triu(scores >= threshold, k=1)), strict=True):
-            pairs.append((members[j], members[i], float(scores[i, j])))
+        found = similar_pairs([regions[m] for m in members], threshold)
+        pairs.extend((members[j], members[i], score) for i, j, score in found)
     # The later region of a pair is the one flagged: the earlier one was there first.
     for later, earlier, score in sorted(pairs):
         yield (

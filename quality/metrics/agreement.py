@@ -120,9 +120,17 @@ def krippendorff_alpha(data: Sequence[Sequence[Any]], level: Level = "nominal") 
 
     None when fewer than two values are pairable or all pairable values are the same.
     """
+    values, observed = coincidence_matrix(data)
+    return alpha_from_coincidences(values, observed, level)
+
+
+def alpha_from_coincidences(
+    values: list[Any], observed: np.ndarray, level: Level = "nominal"
+) -> float | None:
+    """Krippendorff's alpha from a coincidence matrix (see `krippendorff_alpha`). Coincidences of
+    disjoint sets of units add up, so a job can sum them chunk by chunk and compute alpha once."""
     if level not in LEVELS:
         raise ValueError(f"The level of measurement is one of {', '.join(LEVELS)}, got {level!r}.")
-    values, observed = coincidence_matrix(data)
     if level != "nominal":
         order = sorted(range(len(values)), key=lambda i: values[i])
         values = [values[i] for i in order]

@@ -93,6 +93,7 @@ def dawid_skene(
     max_iterations: int = 100,
     tolerance: float = 1e-6,
     smoothing: float = 0.01,
+    shrinkage: float = 0.0,
 ) -> DawidSkene[U, A, L]:
     """Estimate true labels and annotator confusion matrices from (unit, annotator, label) triples.
 
@@ -104,9 +105,19 @@ def dawid_skene(
     uniform row. `labels` lists the possible labels when some may never have been given;
     by default the labels seen, in `label_order`. An annotator may label a unit more than once:
     each answer counts. None/NaN labels are skipped.
+
+    `shrinkage` (0: the classic model, as crowd-kit fits it) adds that many pseudo-answers to
+    each row of an annotator's confusion matrix, spread as their one-coin matrix (right with
+    their overall accuracy, wrong evenly otherwise). A full K x K matrix per annotator has many
+    cells that few answers ever reach; one stray answer in an empty cell outweighs the smoothing
+    there, so two unreliable annotators can overrule a reliable one. Shrinkage lets a row speak
+    for itself only once it holds enough answers, while a consistent confusion (an annotator who
+    always says "cat" for "lynx") still shows through.
     """
-    if max_iterations < 1 or tolerance <= 0 or smoothing <= 0:
-        raise ValueError("Dawid-Skene needs max_iterations >= 1, tolerance > 0 and smoothing > 0.")
+    if max_iterations < 1 or tolerance <= 0 or smoothing <= 0 or shrinkage < 0:
+        raise ValueError(
+            "Dawid-Skene needs max_iterations >= 1, tolerance > 0, smoothing > 0 and shrinkage >= 0."
+        )
     given = [(u, a, lb) for u, a, lb in triples if lb is not None and not is_missing(lb)]
     seen = {lb for _, _, lb in given}
     if labels is None:
@@ -143,7 +154,10 @@ def dawid_skene(
         priors = (posterior.sum(axis=0) + smoothing) / (n_units + n_classes * smoothing)
         counts = np.zeros((n_annotators, n_classes, n_classes))  # [annotator, given, true]
         np.add.at(counts, (a_idx, l_idx), posterior[u_idx])
-        counts = counts.transpose(0, 2, 1) + smoothing
+        counts = counts.transpose(0, 2, 1)
+        if shrinkage > 0:
+            counts = counts + shrinkage * _one_coin(counts)
+        counts = counts + smoothing
         confusion = counts / counts.sum(axis=2, keepdims=True)
         # E step: log P(true = c | answers) ∝ log prior_c + Σ over answers of log confusion.
         log_post = np.tile(np.log(priors), (n_units, 1))
@@ -174,6 +188,19 @@ def dawid_skene(
         iterations=iterations,
         converged=converged,
     )
+
+
+def _one_coin(counts: np.ndarray) -> np.ndarray:
+    """Each annotator's confusion as one number: right with their overall share p of answers that
+    match the current truth, wrong evenly otherwise (counts: [annotator, true, given])."""
+    n_classes = counts.shape[1]
+    if n_classes == 1:
+        return np.ones_like(counts)
+    right = np.trace(counts, axis1=1, axis2=2)
+    total = counts.sum(axis=(1, 2))
+    p = np.divide(right, total, out=np.full_like(right, 1.0 / n_classes), where=total > 0)
+    eye = np.eye(n_classes)
+    return p[:, None, None] * eye + ((1 - p) / (n_classes - 1))[:, None, None] * (1 - eye)
 
 
 @dataclass(frozen=True)

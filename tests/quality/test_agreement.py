@@ -11,7 +11,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import cohen_kappa_score
 
-from quality.metrics.agreement import cohen_kappa, coincidence_matrix, fleiss_kappa, krippendorff_alpha
+from quality.metrics.agreement import (
+    alpha_from_coincidences,
+    cohen_kappa,
+    coincidence_matrix,
+    fleiss_kappa,
+    krippendorff_alpha,
+)
 
 # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", the example with missing data: four
 # observers, twelve units, "." where an observer gave no value. Rows here are observers.
@@ -201,3 +207,18 @@ def test_nominal_alpha_and_fleiss_kappa_tell_the_same_story(units: int, raters: 
     assert alpha == pytest.approx(1 - (1 - kappa) * (total - 1) / total, abs=1e-9)
     assert kappa <= 1.0 + 1e-12
     assert not math.isnan(alpha)
+
+
+def test_alpha_from_coincidences_summed_over_parts_equals_alpha_of_the_whole() -> None:
+    rng = np.random.default_rng(5)
+    data = [[None if rng.random() < 0.2 else int(rng.integers(0, 4)) for _ in range(30)] for _ in range(4)]
+    units = [list(column) for column in zip(*data, strict=True)]
+    total: dict[tuple[Any, Any], float] = {}
+    for part in (units[:10], units[10:]):
+        values, matrix = coincidence_matrix(part)
+        for i, c in enumerate(values):
+            for j, k in enumerate(values):
+                total[(c, k)] = total.get((c, k), 0.0) + float(matrix[i, j])
+    values = sorted({c for c, _ in total})
+    summed = np.array([[total.get((c, k), 0.0) for k in values] for c in values])
+    assert alpha_from_coincidences(values, summed) == pytest.approx(krippendorff_alpha(units))

@@ -342,3 +342,38 @@ def test_dawid_skene_agrees_with_crowd_kit(seed: int) -> None:
     ours_accuracy = np.mean([ours[u] == truth[u] for u in truth])
     theirs_accuracy = np.mean([theirs[u] == truth[u] for u in truth])
     assert abs(ours_accuracy - theirs_accuracy) <= 0.01
+
+
+def _sparse_crowd(seed: int, units: int = 600) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """10 classes, five annotators right 95/95/90/75/70 % of the time (else a uniformly random
+    other class), three of them per unit in turn: most confusion cells see no answer."""
+    rng = np.random.default_rng(seed)
+    accuracy = (0.95, 0.95, 0.90, 0.75, 0.70)
+    truth = rng.integers(0, 10, units).tolist()
+    triples = []
+    for unit, true in enumerate(truth):
+        for k in range(3):
+            annotator = (unit + k) % 5
+            right = rng.random() < accuracy[annotator]
+            triples.append((unit, annotator, true if right else (true + int(rng.integers(1, 10))) % 10))
+    return truth, triples
+
+
+def test_shrinkage_toward_one_accuracy_per_annotator_helps_where_confusion_cells_are_sparse() -> None:
+    gains = []
+    for seed in range(6):
+        truth, triples = _sparse_crowd(seed)
+        classic = dawid_skene(triples).estimates()
+        shrunk = dawid_skene(triples, shrinkage=20).estimates()
+        accuracy = [np.mean([e[u] == t for u, t in enumerate(truth)]) for e in (classic, shrunk)]
+        gains.append(accuracy[1] - accuracy[0])
+    assert np.mean(gains) > 0 and min(gains) >= -0.005, gains
+
+
+def test_shrinkage_still_reads_a_consistent_confusion_back() -> None:
+    _, triples = _crowd(seed=0)
+    result = dawid_skene(triples, shrinkage=20)
+    row = result.confusion["shifty"]["c0"]
+    assert max(row, key=lambda k: row[k]) == "c1" and row["c1"] > 0.6
+    with pytest.raises(ValueError, match="shrinkage"):
+        dawid_skene(triples, shrinkage=-1)

@@ -21,6 +21,7 @@ from quality.metrics.matching import (
     match_regions,
     oks,
     region_similarity,
+    similar_pairs,
     similarity_matrix,
     task_agreement,
 )
@@ -310,3 +311,42 @@ def test_box_similarities_equal_pycocotools_iou(
         [box(str(i), *b) for i, b in enumerate(left)], [box(str(i), *b) for i, b in enumerate(right)]
     )
     assert np.allclose(ours, reference, atol=1e-9)
+
+
+boxes = st.builds(
+    lambda i, x, y, w, h, label: box(str(i), x, y, w, h, label),
+    st.integers(0, 99),
+    st.floats(0, 100),
+    st.floats(0, 100),
+    st.floats(0.5, 60),
+    st.floats(0.5, 60),
+    st.sampled_from(["car", "truck"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(boxes, max_size=6), st.lists(boxes, max_size=6), st.booleans())
+def test_the_box_fast_path_gives_each_pair_what_region_similarity_and_shapely_give(
+    left: list[dict[str, Any]], right: list[dict[str, Any]], label_aware: bool
+) -> None:
+    matrix = similarity_matrix(left, right, label_aware=label_aware)
+    for i, a in enumerate(left):
+        for j, b in enumerate(right):
+            assert matrix[i, j] == region_similarity(a, b, label_aware=label_aware)
+            if not label_aware or a["label"] == b["label"]:
+                assert matrix[i, j] == pytest.approx(compare_similarity(a, b), abs=1e-8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(boxes, max_size=14), st.floats(0.05, 1.0))
+def test_similar_pairs_are_the_upper_triangle_of_the_matrix_at_the_threshold(
+    regions: list[dict[str, Any]], threshold: float
+) -> None:
+    matrix = similarity_matrix(regions, regions)
+    expected = [
+        (i, j, matrix[i, j])
+        for i in range(len(regions))
+        for j in range(i + 1, len(regions))
+        if matrix[i, j] >= threshold
+    ]
+    assert similar_pairs(regions, threshold) == expected
