@@ -6,7 +6,7 @@ every change: each problem is reported with its path, as label schemas and rules
 ```json
 {
   "rules": [{"rule": "size", "severity": "blocking", "classes": ["car"], "min_area": 100}],
-  "agreement": {"min_agreement": 0.6, "match_at": 0.5, "consensus": "dawid_skene"},
+  "agreement": {"min_agreement": 0.6, "match_at": 0.5, "consensus": "dawid_skene", "shrinkage": 20},
   "gold": {"min_accuracy": 0.8, "min_answers": 5, "window": 20, "action": "flag"}
 }
 ```
@@ -36,6 +36,9 @@ class AgreementPolicy:
     # How k classifications become one: a plain vote, or weighted by each annotator's estimated
     # reliability (Dawid-Skene, fitted over the whole project by the agreement job).
     consensus: str = "dawid_skene"
+    # Pseudo-answers pulling each annotator's confusion matrix toward a single accuracy (see
+    # quality.metrics.consensus.dawid_skene); 0 is the classic model.
+    shrinkage: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ def parse_settings(raw: Any, *, schema: Schema | None) -> QualitySettings:
     if agreement is not None:
         _fraction(agreement.min_agreement, "agreement.min_agreement", problems, zero_ok=True)
         _fraction(agreement.match_at, "agreement.match_at", problems, zero_ok=False)
+        if not is_number(agreement.shrinkage) or not 0 <= agreement.shrinkage <= 10_000:
+            problems.add("agreement.shrinkage", "invalid", "agreement.shrinkage is a number from 0 to 10000.")
         if agreement.consensus not in CONSENSUS_METHODS:
             problems.add(
                 "agreement.consensus", "invalid", f"consensus is one of {', '.join(CONSENSUS_METHODS)}."

@@ -29,14 +29,15 @@ from labeling.services import parsed_schema, schema_current
 from labeling.workflow import QC_FLAGGED
 from projects.access import ProjectAccess, ProjectAction
 from projects.exceptions import InvalidInput
-from projects.jobs import ChunkError, ChunkOutcome, JobKind, Plan, job_start, register
+from projects.jobs import ChunkOutcome, JobKind, Plan, job_start, register
 from projects.models import Job
 from quality import rules as qr
 from quality.config import QualitySettings, rules_of, settings_of
-from quality.metrics.agreement import fleiss_kappa, krippendorff_alpha
+from quality.metrics.agreement import alpha_from_coincidences, coincidence_matrix, fleiss_kappa
 from quality.metrics.consensus import dawid_skene, majority_vote
 from quality.models import FindingSource
 from quality.services import (
+    NOTHING,
     Assessment,
     NewFinding,
     agreement_finding,
@@ -46,6 +47,7 @@ from quality.services import (
     findings_resolve_stale,
     region_labels,
     rule_findings,
+    single_class,
     submitted_results,
 )
 
@@ -110,6 +112,10 @@ class RulesCheck(JobKind):
     queue = "quality"
     exclusive_per_project = True
 
+    def runners(self, job: Job) -> int:
+        # Chunks are independent id ranges: up to four worker processes check them side by side.
+        return 4
+
     def plan(self, job: Job) -> Plan:
         project_id = _project_id(job)
         schema = schema_current(project_id)
@@ -117,58 +123,51 @@ class RulesCheck(JobKind):
         return _id_chunks(job, _submitted(project_id), RULES_CHUNK_IDS)
 
     def prepare_chunk(self, job: Job, index: int) -> dict[str, Any]:
+        from labeling.jobs import read_text
         from labeling.services import schema_by_id
         from projects.models import Project
-        from quality.services import item_text
+        from storage.objects import object_store
 
         project_id = _project_id(job)
-        project = Project.objects.get(id=project_id)
-        settings = settings_of(project.settings)
-        rules = rules_of(settings)
+        rules = rules_of(settings_of(Project.objects.get(id=project_id).settings))
         low, high = _id_range(job, index)
+        # Plain rows, not model instances: building 5,000 annotations with their items cost more
+        # than checking them.
         rows = list(
             _submitted(project_id)
             .filter(id__gte=low, id__lt=high)
-            .select_related("task__item__primary")
-            .only(
-                "id",
-                "task_id",
-                "author_id",
-                "result",
-                "task__item__modality",
-                "task__item__meta",
-                "task__item__name",
+            .order_by("id")
+            .values_list(
+                "id", "task_id", "author_id", "result", "task__item__modality", "task__item__meta",
                 "task__item__primary__key",
             )
-            .order_by("id")
-        )
+        )  # fmt: skip
+        ids = [row[0] for row in rows]
         if not rules or job.params["schema_id"] is None:
-            return {"ids": [r.pk for r in rows], "found": [], "blocked": []}
+            return {"ids": ids, "found": [], "blocked": []}
         schema = parsed_schema(schema_by_id(job.params["schema_id"]))
+        wants_text = any(rule.kind == "token_edges" for rule in rules)
+        store = object_store() if wants_text else None
         found: list[NewFinding] = []
         blocked: set[int] = set()
-        facts_of: dict[tuple[str, str], ItemFacts] = {}
-        for row in rows:
-            item = row.task.item
-            key = (item.modality, str(item.meta))
-            facts = facts_of.get(key) or facts_of.setdefault(
-                key, ItemFacts.from_item(item.modality, item.meta)
+        for annotation_id, task_id, author_id, regions, modality, meta, key in rows:
+            text = read_text(store, key, meta) if store is not None and modality == "text" else None
+            result = qr.check(
+                rules, regions, schema=schema, facts=ItemFacts.from_item(modality, meta), text=text
             )
-            text = item_text(row.task, rules)
-            result = qr.check(rules, row.result, schema=schema, facts=facts, text=text)
             if result:
                 found.extend(
                     rule_findings(
                         result,
-                        task_id=row.task_id,
-                        annotation_id=row.pk,
-                        annotator_id=row.author_id,
-                        labels=region_labels(row.result),
+                        task_id=task_id,
+                        annotation_id=annotation_id,
+                        annotator_id=author_id,
+                        labels=region_labels(regions),
                     )
                 )
                 if qr.blocking(result):
-                    blocked.add(row.task_id)
-        return {"ids": [r.pk for r in rows], "found": found, "blocked": sorted(blocked)}
+                    blocked.add(task_id)
+        return {"ids": ids, "found": found, "blocked": sorted(blocked)}
 
     def apply_chunk(self, job: Job, index: int, prepared: dict[str, Any]) -> ChunkOutcome:
         project_id = _project_id(job)
@@ -177,8 +176,8 @@ class RulesCheck(JobKind):
         resolved = findings_resolve_stale(
             project_id=project_id,
             source=FindingSource.RULE,
-            annotation_ids=prepared["ids"],
-            keep=[f.key for f in found],
+            annotations=range(*_id_range(job, index)),
+            keep=job,
         )
         flagged = verdicts.tasks_qc_set(
             project_id=project_id,
@@ -209,12 +208,6 @@ def _multi_annotated(project_id: int) -> Any:
     return Task.objects.filter(project_id=project_id, is_gold=False, submitted__gte=2)
 
 
-def single_class(regions: Sequence[dict[str, Any]]) -> str | None:
-    """The one class of an annotation that is a single classification (else None)."""
-    classes = [r.get("label") for r in regions if r.get("type") == "classification"]
-    return str(classes[0]) if len(classes) == 1 and len(regions) == 1 else None
-
-
 @register
 class AgreementAssess(JobKind):
     """Agreement, consensus and low-agreement routing for every task with two or more annotators.
@@ -243,10 +236,10 @@ class AgreementAssess(JobKind):
                     label = single_class(regions)
                     if label is not None:
                         triples.append((task_id, annotator, label))
-        summary = project_agreement(triples)
+        summary = {"fleiss_kappa": classification_kappa(triples)}
         model: dict[str, Any] = {}
         if triples and settings.agreement.consensus == "dawid_skene":
-            fitted = dawid_skene(triples)
+            fitted = dawid_skene(triples, shrinkage=settings.agreement.shrinkage)
             model = {
                 "labels": list(fitted.labels),
                 "estimates": {str(u): lb for u, lb in fitted.estimates().items()},
@@ -295,6 +288,8 @@ class AgreementAssess(JobKind):
             reason="annotators disagree",
         )
         scores = [a.agreement for a in found if a.agreement is not None]
+        units = [unit for a in found for unit in a.units]
+        values, matrix = coincidence_matrix(units)
         return ChunkOutcome(
             items=len(found),
             result={
@@ -303,17 +298,58 @@ class AgreementAssess(JobKind):
                 "tasks_to_review": routed["to_review"],
                 "agreement_sum": sum(scores),
                 "agreement_n": len(scores),
+                "units": len(units),
+                COINCIDENCES: {
+                    f"{c}{_SEP}{k}": float(matrix[i, j])
+                    for i, c in enumerate(values)
+                    for j, k in enumerate(values)
+                    if matrix[i, j]
+                },
             },
         )
 
     def merge_result(self, result: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-        return sum_counts(result, delta)
+        merged = sum_counts(
+            {k: v for k, v in result.items() if k != COINCIDENCES},
+            {k: v for k, v in delta.items() if k != COINCIDENCES},
+        )
+        merged[COINCIDENCES] = sum_counts(result.get(COINCIDENCES, {}), delta.get(COINCIDENCES, {}))
+        return merged
 
     def finish(self, job: Job) -> dict[str, Any]:
         result = dict(job.result)
         n = result.pop("agreement_n", 0)
         total = result.pop("agreement_sum", 0.0)
-        return {**result, "mean_task_agreement": total / n if n else None, **job.params.get("summary", {})}
+        coincidences = result.pop(COINCIDENCES, {})
+        return {
+            **result,
+            "mean_task_agreement": total / n if n else None,
+            **alphas(coincidences),
+            **job.params.get("summary", {}),
+        }
+
+
+COINCIDENCES = "coincidences"
+_SEP = "\x1f"  # between the two values of a coincidence key (a unit separator no label holds)
+
+
+def alphas(coincidences: dict[str, float]) -> dict[str, Any]:
+    """Krippendorff's alpha (nominal) from summed coincidences, over every class, and per class
+    (that class against everything else, the absence of an object included)."""
+    pairs = {tuple(key.split(_SEP, 1)): v for key, v in coincidences.items()}
+    values = sorted({c for c, _ in pairs})
+    matrix = (
+        np.array([[pairs.get((c, k), 0.0) for k in values] for c in values]) if values else np.zeros((0, 0))
+    )
+    by_class: dict[str, float | None] = {}
+    for index, name in enumerate(values):
+        if name == NOTHING:
+            continue
+        inside = matrix[index, index]
+        across = matrix[index].sum() - inside
+        rest = matrix.sum() - inside - 2 * across
+        by_class[name] = alpha_from_coincidences([True, False], np.array([[inside, across], [across, rest]]))
+    return {"alpha": alpha_from_coincidences(values, matrix) if values else None, "alpha_by_class": by_class}
 
 
 def _with_label(assessed: Assessment, label: str) -> Assessment:
@@ -324,35 +360,18 @@ def _with_label(assessed: Assessment, label: str) -> Assessment:
     )
 
 
-def project_agreement(triples: Sequence[tuple[int, int, str]]) -> dict[str, Any]:
-    """Chance-corrected agreement over (task, annotator, class) triples: Krippendorff's alpha
-    (nominal), Fleiss' kappa over the tasks with the most common number of annotators, and
-    alpha per class (that class against the rest)."""
-    if not triples:
-        return {"alpha": None, "fleiss_kappa": None, "alpha_by_class": {}, "units": 0}
-    units = sorted({u for u, _, _ in triples})
-    annotators = sorted({a for _, a, _ in triples})
-    column = {u: i for i, u in enumerate(units)}
-    row = {a: i for i, a in enumerate(annotators)}
-    data: list[list[Any]] = [[None] * len(units) for _ in annotators]
-    for unit, annotator, label in triples:
-        data[row[annotator]][column[unit]] = label
-    classes = sorted({lb for _, _, lb in triples})
+def classification_kappa(triples: Sequence[tuple[int, int, str]]) -> float | None:
+    """Fleiss' kappa over the single-label classifications of the tasks with the most common
+    number of annotators (Fleiss needs the same number of ratings per task)."""
     per_unit: dict[int, Counter[str]] = {}
     for unit, _, label in triples:
         per_unit.setdefault(unit, Counter())[label] += 1
+    if not per_unit:
+        return None
+    classes = sorted({lb for _, _, lb in triples})
     raters = Counter(sum(c.values()) for c in per_unit.values()).most_common(1)[0][0]
     table = [[c[k] for k in classes] for c in per_unit.values() if sum(c.values()) == raters]
-    by_class = {
-        k: krippendorff_alpha([[None if v is None else v == k for v in line] for line in data])
-        for k in classes
-    }
-    return {
-        "alpha": krippendorff_alpha(data),
-        "fleiss_kappa": fleiss_kappa(np.array(table)) if len(table) > 1 and raters > 1 else None,
-        "alpha_by_class": by_class,
-        "units": len(units),
-    }
+    return fleiss_kappa(np.array(table)) if len(table) > 1 and raters > 1 else None
 
 
 # --- Label errors ----------------------------------------------------------------------------------
@@ -598,6 +617,5 @@ __all__ = [
     "AGREEMENT_KIND",
     "LABEL_ERRORS_KIND",
     "RULES_KIND",
-    "ChunkError",
     "quality_job_start",
 ]

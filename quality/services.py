@@ -8,7 +8,7 @@ checked in memory, and the findings of one annotation are written with one state
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -77,7 +77,7 @@ def quality_settings_update(*, actor: User, access: ProjectAccess, raw: Any) -> 
 # --- Findings ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a QC job builds tens of thousands, and frozen ones cost 3x
 class NewFinding:
     task_id: int
     annotation_id: int | None
@@ -149,20 +149,19 @@ def findings_record(project_id: int, found: Sequence[NewFinding], *, job: Job | 
 
 
 def findings_resolve_stale(
-    *, project_id: int, source: str, annotation_ids: Iterable[int], keep: Iterable[str]
+    *, project_id: int, source: str, annotations: Iterable[int] | range, keep: Iterable[str] | Job
 ) -> int:
     """Open findings of `source` on these annotations that were not found again are resolved:
-    the annotation was fixed, or the rule that found them changed."""
-    return (
-        Finding.objects.filter(
-            project_id=project_id,
-            source=source,
-            annotation_id__in=list(annotation_ids),
-            status=FindingStatus.OPEN,
-        )
-        .exclude(key__in=list(keep))
-        .update(status=FindingStatus.RESOLVED, status_at=timezone.now(), status_by=None)
-    )
+    the annotation was fixed, or the rule that found them changed. `keep` names what was found
+    again: its keys, or the job that has just recorded it (a chunk of a job: every finding it
+    recorded carries its id, and an id range stands for the chunk's annotations)."""
+    found = Finding.objects.filter(project_id=project_id, source=source, status=FindingStatus.OPEN)
+    if isinstance(annotations, range):
+        found = found.filter(annotation_id__gte=annotations.start, annotation_id__lt=annotations.stop)
+    else:
+        found = found.filter(annotation_id__in=list(annotations))
+    found = found.exclude(job_id=keep.pk) if isinstance(keep, Job) else found.exclude(key__in=list(keep))
+    return found.update(status=FindingStatus.RESOLVED, status_at=timezone.now(), status_by=None)
 
 
 def finding_set_status(
@@ -264,7 +263,7 @@ def submit_check(work: Submitted) -> Recorder | None:
         findings_resolve_stale(
             project_id=work.project.pk,
             source=FindingSource.RULE,
-            annotation_ids=[annotation.pk],
+            annotations=[annotation.pk],
             keep=[f.key for f in new],
         )
         if gold:
@@ -386,6 +385,19 @@ class Assessment:
     consensus: list[dict[str, Any]]
     annotation_ids: list[int]
     flagged: bool
+    # What each annotator said of each object of the task, for chance-corrected agreement: one
+    # unit (a class per annotator) for single-label classifications, else one unit per group of
+    # regions the fusion formed, NOTHING for an annotator who drew nothing there.
+    units: list[list[str]] = field(default_factory=list)
+
+
+NOTHING = "\u2205"  # ∅: an annotator left this object out
+
+
+def single_class(regions: Sequence[dict[str, Any]]) -> str | None:
+    """The one class of an annotation that is a single classification (else None)."""
+    classes = [r.get("label") for r in regions if r.get("type") == "classification"]
+    return str(classes[0]) if len(classes) == 1 and len(regions) == 1 else None
 
 
 def assess(
@@ -404,6 +416,10 @@ def assess(
         for j in range(i + 1, len(agreement.annotators))
     ]
     consensus: list[dict[str, Any]] = []
+    units: list[list[str]] = []
+    classes = {a: single_class(regions) for a, regions in results.items()}
+    if len(results) >= 2 and all(c is not None for c in classes.values()):
+        units = [[str(c) for c in classes.values()]]
     if len(results) >= 2:
         usable = {a: w for a, w in (weights or {}).items() if a in results and w > 0}
         fusion = fuse_regions(
@@ -412,6 +428,13 @@ def assess(
             threshold=policy.match_at,
         )
         consensus = fusion.regions
+        if not units:
+            label = {
+                (a, str(r.get("id"))): str(r.get("label") or "") for a, rs in results.items() for r in rs
+            }
+            for support in [*fusion.support.values(), *fusion.dropped]:
+                said = {a: label.get((a, rid), NOTHING) for a, rid in support.members}
+                units.append([said.get(a, NOTHING) for a in results])
     flagged = agreement.score is not None and agreement.score < policy.min_agreement
     return Assessment(
         task_id=task_id,
@@ -421,6 +444,7 @@ def assess(
         consensus=consensus,
         annotation_ids=sorted(i for i, _ in by_annotator.values()),
         flagged=flagged,
+        units=units,
     )
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from labeling.models import Annotation, Assignment, Task
 from projects import jobs
 from projects.models import Job
+from quality.metrics.agreement import krippendorff_alpha
 from quality.models import Finding, GoldAnswer, TaskQuality
 from tests.conftest import World, assert_error, client_for
 from tests.factories import MembershipFactory, ProjectMemberFactory, UserFactory
@@ -236,6 +237,28 @@ def test_annotators_who_disagree_send_the_task_to_review_and_those_who_agree_fin
     assert len(low) == 3 and {f["task"] for f in low} == flagged
     shown = floor.world.client("reviewer").get(floor.url(f"/quality/tasks/{min(flagged)}")).json()
     assert shown["annotators"] == 2 and shown["agreement"] == 0.0
+
+
+def test_the_agreement_job_measures_alpha_over_the_objects_annotators_drew(floor: Floor) -> None:
+    floor.workflow(overlap=2, review="none")
+    first, second = floor.world.client("annotator"), annotator(floor.world, "annotator2")
+    for index in range(6):
+        a, b = floor.next(first).json(), floor.next(second).json()
+        floor.submit(first, a, [box("x", "truck", 10, 10)])
+        theirs = box("y", "truck", 11, 10) if index % 2 == 0 else box("y", "car", 300, 200, occluded=False)
+        floor.submit(second, b, [theirs])
+    job = start(floor, "agreement")
+    assert job.state == "succeeded", job.failure
+    # Agreeing tasks are one object both called a truck; the others two objects each annotator
+    # alone drew (the other one's value: nothing).
+    nothing = "\u2205"
+    units = [["truck", "truck"]] * 3 + [["truck", nothing]] * 3 + [[nothing, "car"]] * 3
+    assert job.result["units"] == 9
+    assert job.result["alpha"] == pytest.approx(krippendorff_alpha(units))
+    truck = [[v == "truck" for v in unit] for unit in units]
+    assert job.result["alpha_by_class"]["truck"] == pytest.approx(krippendorff_alpha(truck))
+    assert set(job.result["alpha_by_class"]) == {"truck", "car"}
+    assert job.result["low_agreement"] == 3 and job.result["fleiss_kappa"] is None
 
 
 def test_the_agreement_job_measures_chance_corrected_agreement_and_dawid_skene_consensus(
