@@ -4,7 +4,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import Figure, ingest, labeling, machine_speed_ms, prelabel, queue, startup
+from bench import Figure, ingest, labeling, machine_speed_ms, prelabel, quality, queue, startup
 
 SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "startup": startup.run,
@@ -12,6 +12,7 @@ SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "annotations": labeling.run,
     "queue": queue.run,
     "prelabel": prelabel.run,
+    "quality": quality.run,
 }
 
 
