@@ -12,6 +12,7 @@ the transaction and name every NOT NULL column: these apply database defaults on
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -136,14 +137,20 @@ def insert_on_conflict(
         return int(cursor.rowcount)
 
 
+@functools.lru_cache(maxsize=128)
+def _column_types(model: type[models.Model], columns: tuple[str, ...]) -> list[str]:
+    """The database types of a model's columns (fixed for the life of the process)."""
+    by_column = {field.column: field for field in model._meta.concrete_fields}
+    return [str(by_column[column].db_type(connection)) for column in columns]
+
+
 def _unnest(
     model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> tuple[str, list[str], list[list[Any]]]:
     """`unnest(%b::type[], …) AS u(columns)`, the expression reading each column from it, and
     the arrays (one per column). JSON goes as text, cast by PostgreSQL: a binary text array
     needs no escaping, and psycopg would serialise it just the same."""
-    by_column = {field.column: field for field in model._meta.concrete_fields}
-    kinds = [str(by_column[column].db_type(connection)) for column in columns]
+    kinds = _column_types(model, tuple(columns))
     arrays = ", ".join(f"%b::{'text' if kind in _JSON else kind}[]" for kind in kinds)
     source = f"unnest({arrays}) AS u({_quoted(columns)})"
     values = [
