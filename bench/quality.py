@@ -382,20 +382,22 @@ def _take_and_submit(user: Any, project_id: int, label_of: Any) -> int | None:
     return task_id
 
 
+def _start_job(world: World, project_id: int, kind: str, params: dict[str, Any]) -> Any:
+    """Start a quality job as a manager's API call does."""
+    from projects.access import project_access
+    from quality.jobs import quality_job_start
+
+    access = project_access(user=world.owner, project_id=project_id)
+    return quality_job_start(actor=world.owner, access=access, kind=kind, params=params)
+
+
 def _run_job(world: World, project_id: int, kind: str, params: dict[str, Any]) -> tuple[Any, float]:
     """Start a quality job and run it to the end as a worker does; returns it and the seconds taken."""
     from projects import jobs
-    from projects.access import project_access
     from projects.models import Job
-    from quality.jobs import quality_job_start
 
     started = time.perf_counter()
-    job = quality_job_start(
-        actor=world.owner,
-        access=project_access(user=world.owner, project_id=project_id),
-        kind=kind,
-        params=params,
-    )
+    job = _start_job(world, project_id, kind, params)
     while jobs.job_execute(job_id=job.pk) == "sliced":
         pass
     elapsed = time.perf_counter() - started
@@ -792,9 +794,7 @@ def _on_worker(world: World, project_id: int, kind: str, params: dict[str, Any])
     start to its end. The worker starts (and warms up) before the clock does."""
     from config.celery import app
     from config.cli import child_env
-    from projects.access import project_access
     from projects.models import Job
-    from quality.jobs import quality_job_start
 
     argv = [
         sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "quality", "--concurrency", "2",
@@ -812,12 +812,7 @@ def _on_worker(world: World, project_id: int, kind: str, params: dict[str, Any])
                 raise RuntimeError(f"the bench worker did not start:\n{log.read_text()[-3000:]}")
         _TO_WORKER.append(True)
         started = time.perf_counter()
-        job = quality_job_start(
-            actor=world.owner,
-            access=project_access(user=world.owner, project_id=project_id),
-            kind=kind,
-            params=params,
-        )
+        job = _start_job(world, project_id, kind, params)
         while Job.objects.filter(id=job.pk, state__in=Job.ACTIVE_STATES).exists():
             time.sleep(0.02)
         elapsed = time.perf_counter() - started

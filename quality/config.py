@@ -136,7 +136,7 @@ def _fraction(value: Any, path: str, problems: Problems, *, zero_ok: bool) -> No
 
 
 @lru_cache(maxsize=256)
-def _rules_from_json(text: str, schema_key: int) -> tuple[Rule, ...]:
+def _rules_from_json(text: str) -> tuple[Rule, ...]:
     return tuple(parse_rules(json.loads(text), schema=None))
 
 
@@ -144,4 +144,4 @@ def rules_of(settings: QualitySettings) -> tuple[Rule, ...]:
     """The parsed rules (checked when saved; cached by their text: this runs on every submit)."""
     if not settings.rules:
         return ()
-    return _rules_from_json(json.dumps(settings.rules, sort_keys=True), 0)
+    return _rules_from_json(json.dumps(settings.rules, sort_keys=True))

@@ -14,6 +14,7 @@ import io
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,10 @@ def _id_range(job: Job, index: int) -> tuple[int, int]:
 
 def quality_job_start(*, actor: User, access: ProjectAccess, kind: str, params: dict[str, Any]) -> Job:
     access.require(ProjectAction.QUALITY_MANAGE)
+    if kind == LABEL_ERRORS_KIND and isinstance(params.get("model_version"), int):
+        from labeling.prelabel import model_version_get
+
+        model_version_get(access, params["model_version"])  # a model of another organization: 404
     with transaction.atomic():
         return job_start(
             kind=kind,
@@ -272,7 +277,7 @@ class AgreementAssess(JobKind):
             if label is not None and all(single_class(r) is not None for _, r in by.values()):
                 assessed = _with_label(assessed, label)
             found.append(assessed)
-        return {"found": found, "settings": settings}
+        return {"found": found, "settings": settings, "items": len(ids)}
 
     def apply_chunk(self, job: Job, index: int, prepared: dict[str, Any]) -> ChunkOutcome:
         project_id = _project_id(job)
@@ -291,7 +296,7 @@ class AgreementAssess(JobKind):
         units = [unit for a in found for unit in a.units]
         values, matrix = coincidence_matrix(units)
         return ChunkOutcome(
-            items=len(found),
+            items=prepared["items"],
             result={
                 "tasks": len(found),
                 "low_agreement": len(low),
@@ -353,8 +358,6 @@ def alphas(coincidences: dict[str, float]) -> dict[str, Any]:
 
 
 def _with_label(assessed: Assessment, label: str) -> Assessment:
-    from dataclasses import replace
-
     return replace(
         assessed, consensus=[{"id": "c1", "type": "classification", "label": label, "attributes": {}}]
     )
@@ -482,7 +485,8 @@ class LabelErrors(JobKind):
         from quality.features import task_features
         from storage.objects import object_store
 
-        labels = approved_labels(self._task_ids(job, index))
+        looked_at = self._task_ids(job, index)
+        labels = approved_labels(looked_at)
         task_ids = sorted(labels)
         vectors = task_features(task_ids) if task_ids else np.zeros((0, 0), dtype=np.float32)
         buffer = io.BytesIO()
@@ -496,7 +500,7 @@ class LabelErrors(JobKind):
         object_store().put_bytes(
             _features_key(job, index), buffer.getvalue(), content_type="application/octet-stream"
         )
-        return {"items": len(task_ids)}
+        return {"items": len(looked_at)}
 
     def _fit(self, job: Job) -> dict[str, Any]:
         from quality.metrics.label_errors import classification_label_issues
@@ -576,7 +580,7 @@ class LabelErrors(JobKind):
                             },
                         )
                     )
-        return {"found": found, "items": len(task_ids)}
+        return {"found": found, "items": len(predicted)}  # the plan counted tasks with predictions
 
     def apply_chunk(self, job: Job, index: int, prepared: dict[str, Any]) -> ChunkOutcome:
         project_id = _project_id(job)

@@ -103,6 +103,7 @@ def quality_report(*, access: ProjectAccess, annotator_id: int | None = None) ->
         n=Count("task_id"),
         low=Count("task_id", filter=Q(agreement__lt=settings.agreement.min_agreement)),
     )
+    pairwise = _pairwise(project_id)
     report: dict[str, Any] = {
         "project": project_id,
         "annotator": annotator_id,
@@ -121,7 +122,7 @@ def quality_report(*, access: ProjectAccess, annotator_id: int | None = None) ->
             "tasks_below_threshold": task_quality["low"],
             "min_agreement": settings.agreement.min_agreement,
             "project": _latest_agreement(project_id),
-            "pairwise": _pairwise(project_id),
+            "pairwise": pairwise,
         },
         "gold": _gold(project_id, annotator_id, settings.gold.min_accuracy),
         "findings": {
@@ -133,7 +134,7 @@ def quality_report(*, access: ProjectAccess, annotator_id: int | None = None) ->
             "by_class": _counts(open_findings.exclude(label=""), "label"),
             "by_severity": _counts(open_findings, "severity"),
         },
-        "annotators": _annotators(project_id, annotator_id, settings.gold.min_accuracy),
+        "annotators": _annotators(project_id, annotator_id, settings.gold.min_accuracy, pairwise),
     }
     if annotator_id is not None:
         pairs = [p for p in report["agreement"]["pairwise"] if annotator_id in (p["a"], p["b"])]
@@ -149,7 +150,9 @@ def _gold(project_id: int, annotator_id: int | None, threshold: float) -> dict[s
     return {"answers": summary["n"], "accuracy": summary["mean"], "min_accuracy": threshold}
 
 
-def _annotators(project_id: int, only: int | None, threshold: float) -> list[dict[str, Any]]:
+def _annotators(
+    project_id: int, only: int | None, threshold: float, pairwise: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     members = ProjectMember.objects.filter(project_id=project_id, role="annotator").select_related("user")
     if only is not None:
         members = ProjectMember.objects.filter(project_id=project_id, user_id=only).select_related("user")
@@ -184,23 +187,26 @@ def _annotators(project_id: int, only: int | None, threshold: float) -> list[dic
         .values_list("annotator_id", "n", "mean")
         .order_by()
     }
-    pairwise: dict[int, list[float]] = {}
-    for pair in _pairwise(project_id):
+    # Each annotator's mean agreement with the others, weighted by the tasks they shared.
+    shared: dict[int, list[float]] = {}
+    for pair in pairwise:
         for who in (pair["a"], pair["b"]):
-            pairwise.setdefault(who, []).extend([pair["agreement"]] * pair["tasks"])
+            totals = shared.setdefault(who, [0.0, 0.0])
+            totals[0] += pair["agreement"] * pair["tasks"]
+            totals[1] += pair["tasks"]
     out = []
     for member in members.order_by("user_id"):
         user: User = member.user
         n = submitted.get(user.pk, 0)
         answers, accuracy = gold.get(user.pk, (0, None))
-        scores = pairwise.get(user.pk, [])
+        weighted, tasks = shared.get(user.pk, (0.0, 0.0))
         out.append(
             {
                 "user": user.pk,
                 "username": user.username,
                 "submitted": n,
                 "pass_rate": (n - flagged.get(user.pk, 0)) / n if n else None,
-                "agreement": sum(scores) / len(scores) if scores else None,
+                "agreement": weighted / tasks if tasks else None,
                 "gold_answers": answers,
                 "gold_accuracy": accuracy,
                 "below_gold_threshold": accuracy is not None and accuracy < threshold,

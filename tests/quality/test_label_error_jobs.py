@@ -90,7 +90,7 @@ def test_confident_learning_finds_flipped_labels_among_real_digit_images(
         )
     job = _start(world, mode="classification", folds=5)
     assert job.state == "succeeded", job.failure
-    assert job.result["fitted"] == n
+    assert job.result["fitted"] == n and job.done == job.total == n
     found = Finding.objects.filter(project=world.project, source="label_error")
     flagged = {given[t] for t in found.values_list("task_id", flat=True)}
     true_positives = len(flagged & flipped)
@@ -159,6 +159,7 @@ def test_a_detector_s_disagreements_with_the_boxes_become_scored_findings(
     )
     job = _start(world, mode="detection", model_version=version.pk)
     assert job.state == "succeeded", job.failure
+    assert job.done == job.total == 1
     found = {
         (f.kind, f.region_id): f for f in Finding.objects.filter(project=world.project, source="detection")
     }
@@ -181,3 +182,16 @@ def test_detection_needs_the_model_version_whose_predictions_to_compare(
         format="json",
     )
     assert made.status_code == 400 and made.json()["error"]["details"]["field"] == "model_version"
+
+
+def test_detection_reads_only_a_model_of_the_project_s_organization(world: World, objects_dir: Any) -> None:
+    theirs = MLModel.objects.create(organization=world.other_org, name="their detector")
+    version = ModelVersion.objects.create(
+        model=theirs, version="1", kind="http", task_type="detection", endpoint="http://example.com"
+    )
+    made = world.client("manager").post(
+        f"{API}/projects/{world.project.pk}/quality/jobs",
+        {"kind": "label_errors", "mode": "detection", "model_version": version.pk},
+        format="json",
+    )
+    assert made.status_code == 404 and made.json()["error"]["code"] == "not_found"
