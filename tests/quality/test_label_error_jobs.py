@@ -46,15 +46,22 @@ def _settle(world: World, task: Task, regions: list[dict[str, Any]]) -> Annotati
     return annotation
 
 
-def _project_of_images(world: World, images: list[bytes], spec: dict[str, Any]) -> list[Task]:
+def _project_of_images(
+    world: World, images: list[bytes], spec: dict[str, Any], *, text: bool = False
+) -> list[Task]:
     assert publish(world, spec).status_code == 201
     dataset = DatasetFactory(organization=world.org)
     store = object_store()
+    kind = "text/plain" if text else "image/png"
     for data in images:
         digest = hashlib.sha256(data).hexdigest()
-        blob = BlobFactory(sha256=digest, size=len(data), media_type="image/png")
-        store.put_bytes(blob.key, data, content_type="image/png")
-        ItemFactory(dataset=dataset, primary=blob, media_type="image/png", meta={"width": 32, "height": 32})
+        blob = BlobFactory(sha256=digest, size=len(data), media_type=kind)
+        store.put_bytes(blob.key, data, content_type=kind)
+        if text:
+            meta = {"length": len(data), "encoding": "utf-8"}
+            ItemFactory(dataset=dataset, primary=blob, modality="text", media_type=kind, meta=meta)
+        else:
+            ItemFactory(dataset=dataset, primary=blob, media_type=kind, meta={"width": 32, "height": 32})
     linked = world.client("owner").patch(
         f"{API}/datasets/{dataset.pk}", {"projects": [world.project.pk]}, format="json"
     )
@@ -195,3 +202,46 @@ def test_detection_reads_only_a_model_of_the_project_s_organization(world: World
         format="json",
     )
     assert made.status_code == 404 and made.json()["error"]["code"] == "not_found"
+
+
+TOPICS = {
+    "sports": [
+        "The striker scored twice in the second half.",
+        "The team won the championship final.",
+        "She ran the marathon in record time.",
+        "The coach praised the goalkeeper after the match.",
+        "Fans cheered as the tennis player served an ace.",
+    ],
+    "finance": [
+        "Shares fell three percent after the earnings report.",
+        "The central bank raised interest rates.",
+        "Investors moved their savings into government bonds.",
+        "The company reported record quarterly profit.",
+        "Inflation pushed the price of loans higher.",
+    ],
+}
+
+
+def test_text_items_are_read_through_sentence_embeddings(world: World, objects_dir: Any) -> None:
+    """The text path: MiniLM embeddings of the items (the `embeddings` extra), one label flipped."""
+    texts = [
+        (topic, f"{sentence} ({n})")
+        for n in range(4)
+        for topic, sentences in TOPICS.items()
+        for sentence in sentences
+    ]
+    spec = {"classes": [{"name": t, "color": "#000000", "tools": ["classification"]} for t in TOPICS]}
+    tasks = _project_of_images(world, [t.encode() for _, t in texts], spec, text=True)
+    flipped = tasks[3]
+    for task, (topic, _) in zip(tasks, texts, strict=True):
+        label = ("finance" if topic == "sports" else "sports") if task == flipped else topic
+        _settle(
+            world,
+            task,
+            [{"id": "c", "type": "classification", "label": label, "attributes": {}, "geometry": {}}],
+        )
+    job = _start(world, mode="classification", folds=4)
+    assert job.state == "succeeded", job.failure
+    assert job.result["fitted"] == len(texts) == 40
+    found = Finding.objects.filter(project=world.project, source="label_error").order_by("-score")
+    assert found.first() is not None and found.first().task_id == flipped.pk
