@@ -173,6 +173,9 @@ LOUPE_S3_BUCKET = env_str("LOUPE_S3_BUCKET", "") or ""
 LOUPE_S3_ENDPOINT_URL = env_str("LOUPE_S3_ENDPOINT_URL") or None
 LOUPE_S3_REGION = env_str("LOUPE_S3_REGION", "us-east-1")
 LOUPE_S3_ADDRESSING = env_choice("LOUPE_S3_ADDRESSING", ("path", "virtual", "auto"), "auto")
+# Part size of streamed writes (exports) to S3: the memory one writer holds. S3 refuses parts under
+# 5 MiB (but the last) and over 5 GiB, and allows 10,000 parts: 16 MiB parts carry up to ~156 GiB.
+LOUPE_S3_PART_BYTES = env_int("LOUPE_S3_PART_BYTES", 16 * 1024**2, minimum=5 * 1024**2, maximum=5 * 1024**3)
 if LOUPE_STORAGE == "s3" and not LOUPE_S3_BUCKET:
     raise ImproperlyConfigured("LOUPE_STORAGE=s3 needs LOUPE_S3_BUCKET")
 LOUPE_URL_EXPIRES_S = env_int("LOUPE_URL_EXPIRES_S", 300, minimum=10, maximum=7 * 24 * 3600)
@@ -211,6 +214,17 @@ LOUPE_PUBLIC_URL = env_str("LOUPE_PUBLIC_URL") or "http://127.0.0.1:8000"
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]
 DATA_UPLOAD_MAX_NUMBER_FILES = LOUPE_UPLOAD_MAX_FILES
+
+# --- Webhooks (labeling/webhooks, docs/webhooks.md) -------------------------------------------
+# Receivers are checked like URL import: public addresses only, plus LOUPE_URL_FETCH_ALLOWED_NETWORKS.
+LOUPE_WEBHOOK_TIMEOUT_S = env_int("LOUPE_WEBHOOK_TIMEOUT_S", 10, minimum=1, maximum=60)
+LOUPE_WEBHOOK_MAX_ATTEMPTS = env_int("LOUPE_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1, maximum=30)
+# Wait before the 2nd attempt; it doubles for each later one, up to the cap. The cap stays under
+# the broker's visibility timeout, past which Redis would hand a waiting retry to a second worker.
+LOUPE_WEBHOOK_BACKOFF_S = env_int("LOUPE_WEBHOOK_BACKOFF_S", 30, minimum=1)
+LOUPE_WEBHOOK_BACKOFF_MAX_S = env_int("LOUPE_WEBHOOK_BACKOFF_MAX_S", 1800, minimum=1)
+# Finished deliveries (and their attempts) are deleted after this many days.
+LOUPE_WEBHOOK_RETENTION_DAYS = env_int("LOUPE_WEBHOOK_RETENTION_DAYS", 30, minimum=1)
 
 # --- API -----------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

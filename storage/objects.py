@@ -2,8 +2,8 @@
 
 One interface, two backends. Common operations go through Django's Storage API
 (FileSystemStorage, django-storages' S3Storage); boto3 is used directly only for what the Storage
-API lacks: presigned browser uploads, listing foreign buckets, and head/verify calls. Only this
-app talks to boto3.
+API lacks: presigned browser uploads, streamed multipart writes, listing foreign buckets, and
+head/verify calls. Only this app talks to boto3.
 
 Keys are POSIX paths chosen by Loupe (``blobs/ab/cd/<sha256>``, ``staging/<uuid>/…``); a key
 never comes from user input unvalidated.
@@ -12,8 +12,10 @@ never comes from user input unvalidated.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -21,16 +23,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Self
 
 from django.conf import settings
 from django.core import signing
 from django.core.files.storage import FileSystemStorage, Storage
 from django.urls import reverse
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 SIGNING_SALT = "loupe.objects"
 COPY_CHUNK = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
+S3_MAX_PARTS = 10_000
 
 
 class ObjectMissing(Exception):
@@ -74,6 +81,136 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+class ObjectWriter(io.BufferedIOBase, BinaryIO):
+    """A write-only binary stream that becomes one object, for output of unknown length.
+
+    Use it as a context manager: on a normal exit the object appears at once and whole; on an
+    exception nothing appears. ``close()`` also commits, ``abort()`` discards; a write that fails
+    (the store refused a part) discards too, and a writer dropped without either is discarded,
+    never half-committed. Not seekable, but ``tell()`` works, so
+    ``zipfile`` writes into it in streaming mode (data descriptors after each member) and
+    ``json``/formatters write into it as into any binary file. Memory does not grow with the
+    stream. ``size`` and ``sha256`` (hex, of the whole stream, computed while writing) are known
+    once the writer is closed.
+    """
+
+    def __init__(self, key: str, content_type: str) -> None:
+        super().__init__()
+        self.key = safe_key(key)
+        self.content_type = content_type
+        self._digest = hashlib.sha256()
+        self._written = 0
+        self._committed = False
+        self._finished = False  # committed or aborted: nothing more to do on close
+
+    # --- what backends implement ---------------------------------------------------------------
+
+    def _write(self, data: memoryview) -> None:
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        raise NotImplementedError
+
+    # --- the file interface -------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.key
+
+    @property
+    def mode(self) -> str:
+        return "wb"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: ReadableBuffer) -> int:
+        if self.closed:
+            raise ValueError("write to a closed object writer")
+        view = memoryview(data).cast("B")
+        if not view:
+            return 0
+        try:
+            self._write(view)
+        except BaseException:
+            # The part in flight may or may not be stored: the stream can no longer be trusted.
+            # Discard it (best effort; the original error is what the producer must see).
+            with contextlib.suppress(Exception):
+                self.abort()
+            raise
+        self._digest.update(view)
+        self._written += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self._written
+
+    def close(self) -> None:
+        """Commit: the object becomes visible under its key (if not aborted before)."""
+        if self.closed:
+            return
+        try:
+            if not self._finished:
+                self._finished = True
+                try:
+                    self._commit()
+                except BaseException:
+                    self._discard()
+                    raise
+                self._committed = True
+        finally:
+            super().close()
+
+    def abort(self) -> None:
+        """Discard everything written; no object appears. Safe to call more than once."""
+        if self.closed:
+            return
+        try:
+            if not self._finished:
+                self._finished = True
+                self._discard()
+        finally:
+            super().close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        # io's finalizer would call close() and commit a stream its producer abandoned. Best
+        # effort: a multipart upload not aborted here is aborted by the store sweep later.
+        with contextlib.suppress(Exception):
+            self.abort()
+
+    # --- results --------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Bytes in the committed object."""
+        self._require_committed()
+        return self._written
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the committed object's bytes."""
+        self._require_committed()
+        return self._digest.hexdigest()
+
+    def _require_committed(self) -> None:
+        if not self._committed:
+            raise ValueError("size and sha256 are known once the writer is closed without error")
+
+
 class ObjectStore:
     """Operations every backend supports. Keys are validated by ``safe_key``."""
 
@@ -90,6 +227,10 @@ class ObjectStore:
             self._save(safe_key(key), handle, content_type)
 
     def _save(self, key: str, handle: IO[bytes], content_type: str) -> None:
+        raise NotImplementedError
+
+    def writer(self, key: str, *, content_type: str) -> ObjectWriter:
+        """A stream to write one object of unknown length into; see ``ObjectWriter``."""
         raise NotImplementedError
 
     def open(self, key: str) -> IO[bytes]:
@@ -126,6 +267,37 @@ class ObjectStore:
         raise NotImplementedError
 
 
+class LocalObjectWriter(ObjectWriter):
+    """Writes a temporary file beside the target and renames it into place on commit."""
+
+    def __init__(self, target: Path, key: str, content_type: str) -> None:
+        super().__init__(key, content_type)
+        self._target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb")
+
+    def _write(self, data: memoryview) -> None:
+        self._file.write(data)
+
+    def flush(self) -> None:
+        super().flush()  # refuses a closed writer
+        if not self._finished:
+            self._file.flush()
+
+    def _commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.chmod(self._tmp, 0o640)
+        os.replace(self._tmp, self._target)
+
+    def _discard(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
 class LocalObjectStore(ObjectStore):
     """A folder. URLs are signed, expiring links served by Loupe itself (storage.views)."""
 
@@ -152,6 +324,9 @@ class LocalObjectStore(ObjectStore):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def writer(self, key: str, *, content_type: str) -> ObjectWriter:
+        return LocalObjectWriter(self._path(key), key, content_type)
 
     def info(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
@@ -226,6 +401,98 @@ def s3_client(*, endpoint_url: str | None = None, region: str | None = None, add
     )
 
 
+def _b64_sha256(data: bytes | bytearray) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+class S3ObjectWriter(ObjectWriter):
+    """Streams into an S3 multipart upload, one part buffer at a time.
+
+    Each part carries a SHA-256 the server verifies (the algorithm is declared when the upload is
+    created). A stream that fits in one part is sent as one PUT instead. The buffer is filled to
+    ``part_bytes`` and reused, so memory stays at one part whatever the stream's length; a part is
+    sent only once more bytes follow it, so the last part is never empty. An upload that is
+    neither completed nor aborted (a killed worker) is swept by ``multipart_abort_stale``.
+    """
+
+    def __init__(self, store: S3ObjectStore, key: str, content_type: str, *, part_bytes: int) -> None:
+        super().__init__(key, content_type)
+        self._store = store
+        self._part_bytes = part_bytes
+        self._buffer = bytearray()  # grows to one part with the first bytes, then is reused
+        self._filled = 0
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+
+    def _write(self, data: memoryview) -> None:
+        while data:
+            if self._filled == self._part_bytes:
+                self._send_part()
+            take = min(self._part_bytes - self._filled, len(data))
+            self._buffer[self._filled : self._filled + take] = data[:take]
+            self._filled += take
+            data = data[take:]
+
+    def _send_part(self) -> None:
+        client, bucket = self._store.client, self._store.bucket
+        number = len(self._parts) + 1
+        if number > S3_MAX_PARTS:
+            raise ValueError(
+                f"{self.key}: more than {S3_MAX_PARTS} parts of {self._part_bytes} bytes; "
+                "raise LOUPE_S3_PART_BYTES for streams this large"
+            )
+        if self._upload_id is None:
+            started = client.create_multipart_upload(
+                Bucket=bucket, Key=self.key, ContentType=self.content_type, ChecksumAlgorithm="SHA256"
+            )
+            self._upload_id = str(started["UploadId"])
+        part = self._filled_buffer()
+        checksum = _b64_sha256(part)
+        sent = client.upload_part(
+            Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=part,
+            ChecksumSHA256=checksum,
+        )  # fmt: skip
+        self._parts.append({"PartNumber": number, "ETag": sent["ETag"], "ChecksumSHA256": checksum})
+        self._filled = 0
+
+    def _filled_buffer(self) -> bytearray:
+        # The buffer itself goes to botocore, which hashes (to sign) and sends a bytearray without
+        # copying it; a slice or a file-like wrapper would cost another part's worth of memory.
+        # Only the last part is short: cutting the buffer to it frees memory, never copies.
+        if self._filled < len(self._buffer):
+            del self._buffer[self._filled :]
+        return self._buffer
+
+    def _commit(self) -> None:
+        client, bucket = self._store.client, self._store.bucket
+        if self._upload_id is None:
+            body = self._filled_buffer()
+            client.put_object(
+                Bucket=bucket, Key=self.key, Body=body, ContentType=self.content_type,
+                ChecksumSHA256=_b64_sha256(body),
+            )  # fmt: skip
+        else:
+            if self._filled:
+                self._send_part()
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=self.key, UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )  # fmt: skip
+        self._release()
+
+    def _discard(self) -> None:
+        self._release()
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            self._store.client.abort_multipart_upload(
+                Bucket=self._store.bucket, Key=self.key, UploadId=upload_id
+            )
+
+    def _release(self) -> None:
+        self._buffer = bytearray()
+        self._filled = 0
+
+
 class S3ObjectStore(ObjectStore):
     """Any S3 endpoint: AWS, MinIO, Ceph, R2, SeaweedFS."""
 
@@ -274,6 +541,9 @@ class S3ObjectStore(ObjectStore):
         self.client.upload_fileobj(
             handle, self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=parts
         )
+
+    def writer(self, key: str, *, content_type: str) -> ObjectWriter:
+        return S3ObjectWriter(self, key, content_type, part_bytes=settings.LOUPE_S3_PART_BYTES)
 
     def open(self, key: str) -> IO[bytes]:
         try:

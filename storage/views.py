@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import django_filters
 from django.conf import settings
@@ -13,6 +15,8 @@ from django.core import signing
 from django.core.files.uploadedfile import UploadedFile
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
+from django.utils.cache import get_conditional_response
+from django.utils.http import http_date
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -365,8 +369,66 @@ def _link_error(code: str, message: str, status_code: int) -> JsonResponse:
     return JsonResponse(error_body(code, message), status=status_code)
 
 
+# One range, as resuming downloaders send it. Longer numbers than this are no real file's offsets.
+_BYTE_RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})", re.ASCII | re.IGNORECASE)
+DOWNLOAD_BLOCK_BYTES = 256 * 1024
+
+
+class RangeNotSatisfiable(Exception):
+    """The Range header is valid but selects no byte of the object."""
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) byte a ``Range`` header selects in an object of ``size`` bytes.
+
+    None means "send the whole object": no header, a header that is not one valid byte range
+    (RFC 9110 says to ignore those), or several ranges, which this server answers whole rather
+    than as multipart/byteranges. Raises RangeNotSatisfiable when the range starts past the end.
+    """
+    match = _BYTE_RANGE.fullmatch((header or "").strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # bytes=-n: the last n bytes
+        if int(last) == 0 or size == 0:
+            raise RangeNotSatisfiable
+        return max(0, size - int(last)), size - 1
+    if last != "" and int(last) < int(first):
+        return None
+    if int(first) >= size:
+        raise RangeNotSatisfiable
+    return int(first), size - 1 if last == "" else min(int(last), size - 1)
+
+
+class _ByteSlice:
+    """Reads ``length`` bytes of an open file from its current position, then reports the end.
+
+    It has no ``fileno``: a WSGI server's sendfile path would send to the end of the file."""
+
+    def __init__(self, handle: IO[bytes], length: int) -> None:
+        self.name = getattr(handle, "name", "")  # FileResponse guesses Content-Type from it
+        self._handle = handle
+        self._left = length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._handle.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._handle.close()
+
+
 @require_http_methods(["GET", "HEAD"])
 def object_download(request: HttpRequest, token: str) -> HttpResponseBase:
+    """A signed link of the local store: the object, or one byte range of it (206) to resume.
+
+    ``Accept-Ranges: bytes``; a single range ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n``; a range
+    past the end is 416 with ``Content-Range: bytes */size``. Several ranges, or a Range with an
+    ``If-Range`` other than the current ETag, get the whole object (200). HEAD gets the headers of
+    the whole object (range handling is defined for GET only). The body streams from the file.
+    """
     try:
         payload = signed_token_payload(token)
     except signing.SignatureExpired:
@@ -377,7 +439,52 @@ def object_download(request: HttpRequest, token: str) -> HttpResponseBase:
         handle = object_store().open(payload["k"])
     except ObjectMissing:
         return _link_error("not_found", "Not found.", 404)
-    return FileResponse(handle, as_attachment=False, filename=payload.get("f") or "")
+    filename = payload.get("f") or ""
+    try:
+        stat = os.fstat(handle.fileno())
+    except (AttributeError, OSError, ValueError):  # not a local file: no validators, no ranges
+        return FileResponse(handle, as_attachment=False, filename=filename)
+    size = stat.st_size
+    # Objects are replaced by rename, never rewritten in place: inode, mtime and size identify
+    # one version of the bytes, which is what a resumed download must still be reading.
+    etag = f'"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{size:x}"'
+    last_modified = http_date(stat.st_mtime)
+    unchanged = get_conditional_response(request, etag=etag, last_modified=int(stat.st_mtime))
+    if unchanged is not None:  # 304 Not Modified or 412 Precondition Failed
+        handle.close()
+        return unchanged
+    selected: tuple[int, int] | None = None
+    # A resumed download names the version it holds part of; if that is gone, it gets all of the
+    # new one. Only the ETag counts: a date cannot tell two versions written in one second apart.
+    if request.method == "GET" and request.headers.get("If-Range", etag) == etag:
+        try:
+            selected = byte_range(request.headers.get("Range"), size)
+        except RangeNotSatisfiable:
+            handle.close()
+            refused = _link_error("range_not_satisfiable", f"The object has {size} bytes.", 416)
+            refused["Content-Range"] = f"bytes */{size}"
+            return refused
+    if selected is None:
+        response = FileResponse(handle, as_attachment=False, filename=filename)
+    else:
+        first, last = selected
+        handle.seek(first)
+        response = FileResponse(
+            _ByteSlice(handle, last - first + 1), as_attachment=False, filename=filename, status=206
+        )
+        response["Content-Range"] = f"bytes {first}-{last}/{size}"
+        response["Content-Length"] = str(last - first + 1)
+    response.block_size = DOWNLOAD_BLOCK_BYTES
+    response["Accept-Ranges"] = "bytes"
+    response["ETag"] = etag
+    response["Last-Modified"] = last_modified
+    if request.method == "HEAD":  # the same headers, no body, and the file closed now
+        headers_only = HttpResponse(status=response.status_code)
+        for header, value in response.items():
+            headers_only[header] = value
+        response.close()
+        return headers_only
+    return response
 
 
 @csrf_exempt  # authenticated by the signed, expiring token in the URL, not by a session

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,7 @@ from rest_framework.test import APIClient
 from projects.access import ORG_ADMIN
 from projects.models import Organization, OrgRole, Project, ProjectRole
 from projects.services import api_token_create
+from storage.objects import ObjectStore, object_store
 from tests.factories import (
     MembershipFactory,
     OrganizationFactory,
@@ -19,6 +22,7 @@ from tests.factories import (
     ProjectMemberFactory,
     UserFactory,
 )
+from tests.s3 import S3Endpoint, seaweedfs  # noqa: F401  (the session fixture, registered once here)
 
 
 def client_for(user: User | None) -> APIClient:
@@ -88,3 +92,24 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
     if code is not None:
         assert body["error"]["code"] == code, body
     return body["error"]
+
+
+# --- A real S3 server (SeaweedFS), one per test session for every test folder -----------------
+
+
+@pytest.fixture
+def s3_store(
+    seaweedfs: S3Endpoint,  # noqa: F811  (pytest injects the imported fixture)
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[ObjectStore]:
+    """Loupe configured on the S3 server with a bucket of its own for this test."""
+    bucket = f"loupe-{uuid.uuid4().hex[:12]}"
+    seaweedfs.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+    settings.LOUPE_STORAGE = "s3"
+    settings.LOUPE_S3_BUCKET = bucket
+    settings.LOUPE_S3_ENDPOINT_URL = seaweedfs.url
+    settings.LOUPE_S3_ADDRESSING = "path"
+    yield object_store()
