@@ -35,6 +35,11 @@ def _configure(sender: Celery, **_: object) -> None:
             "schedule": 60.0,
             "options": {"queue": "default", "expires": 60.0},
         },
+        "labeling.webhook_sweep": {
+            "task": "labeling.webhook_sweep",
+            "schedule": 60.0,
+            "options": {"queue": "default", "expires": 60.0},
+        },
         "storage.store_sweep": {
             "task": "storage.store_sweep",
             "schedule": float(settings.LOUPE_SWEEP_INTERVAL_S),

@@ -7,6 +7,7 @@ class LabelingConfig(AppConfig):
 
     def ready(self) -> None:
         from labeling import jobs, prelabel  # noqa: F401  (register the labeling job kinds)
+        from labeling.releases import build, exports  # noqa: F401  (and the release job kinds)
         from labeling.services import tasks_for_new_items
         from storage import hooks
 

@@ -12,6 +12,9 @@ workflow calls the hooks at fixed points:
   of a task is submitted and before the workflow decides between review and done. A hook may set
   the task's `qc_status` (to "flagged", say, for annotators who disagree); the workflow saves it
   and routes flagged tasks to review.
+- **release facts** are read when a release is built and when its lineage is shown: for a list
+  of task ids, what the apps built on labeling know of each task (the annotators' consensus and
+  the quality checks it went through). Providers only read; each answers for the tasks it knows.
 """
 
 from __future__ import annotations
@@ -42,8 +45,24 @@ Recorder = Callable[["Annotation"], None]
 SubmitCheck = Callable[[Submitted], Recorder | None]
 TaskComplete = Callable[["Task"], None]
 
+
+@dataclass(frozen=True)
+class Consensus:
+    """The regions a task's annotators agree on, and the annotations they were fused from."""
+
+    regions: list[dict[str, Any]]
+    annotation_ids: list[int]
+    method: str
+    agreement: float | None
+
+
+ConsensusProvider = Callable[[list[int]], dict[int, Consensus]]
+QualityProvider = Callable[[list[int]], dict[int, dict[str, Any]]]
+
 _SUBMIT_CHECKS: list[SubmitCheck] = []
 _TASK_COMPLETE: list[TaskComplete] = []
+_CONSENSUS: list[ConsensusProvider] = []
+_QUALITY: list[QualityProvider] = []
 
 
 def on_submit_check(hook: SubmitCheck) -> SubmitCheck:
@@ -72,3 +91,32 @@ def submit_checks(work: Submitted) -> Recorder:
 def task_complete(task: Task) -> None:
     for hook in _TASK_COMPLETE:
         hook(task)
+
+
+def on_consensus(provider: ConsensusProvider) -> ConsensusProvider:
+    if provider not in _CONSENSUS:
+        _CONSENSUS.append(provider)
+    return provider
+
+
+def on_quality_facts(provider: QualityProvider) -> QualityProvider:
+    if provider not in _QUALITY:
+        _QUALITY.append(provider)
+    return provider
+
+
+def consensus_of(task_ids: list[int]) -> dict[int, Consensus]:
+    """Each task's consensus, where one is known (none without a provider)."""
+    found: dict[int, Consensus] = {}
+    for provider in _CONSENSUS:
+        found.update(provider(task_ids))
+    return found
+
+
+def quality_facts(task_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """What quality checks found for each task, for lineage (empty without a provider)."""
+    found: dict[int, dict[str, Any]] = {}
+    for provider in _QUALITY:
+        for task_id, facts in provider(task_ids).items():
+            found.setdefault(task_id, {}).update(facts)
+    return found

@@ -621,12 +621,10 @@ class AnnotationExport(JobKind):
                 regions += len(export_item.regions)
                 yield export_item
 
-        with tempfile.TemporaryDirectory(prefix="loupe-export-") as folder:
-            path = Path(folder) / filename
-            with path.open("wb") as out:
-                module.export(counted(), classes, out)
-            size = path.stat().st_size
-            object_store().put_file(key, path, content_type=module.media_type)
+        # Streamed into the store as it is written (a multipart upload on S3).
+        with object_store().writer(key, content_type=module.media_type) as out:
+            module.export(counted(), classes, out)
+        size = out.size
         return {
             "key": key,
             "filename": filename,

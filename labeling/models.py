@@ -379,3 +379,119 @@ class Comment(models.Model):
 
     def __str__(self) -> str:
         return f"comment {self.pk}"
+
+
+# --- Releases ------------------------------------------------------------------------------------
+
+
+class ReleaseState(models.TextChoices):
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Release(models.Model):
+    """An immutable, numbered version of a project's approved labels (docs/releases.md).
+
+    Built by a job (labeling.release_build) that freezes one `ReleaseItem` per selected task and
+    writes the manifest to object storage; once `ready`, nothing about it changes. `parent` is the
+    release it follows (the project's previous ready release unless the caller names another):
+    splits stay where the parent put them, and diffs default to it.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="releases")
+    version = models.IntegerField()
+    name = models.CharField(max_length=200)
+    notes = models.TextField(blank=True, default="")
+    filter = models.JSONField(default=dict, blank=True)  # normalized selection (labeling.releases.select)
+    splits = models.JSONField(default=dict, blank=True)  # {"ratios": {...}, "stratify": bool, "seed": str}
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    schema_version = models.IntegerField()
+    state = models.CharField(max_length=16, choices=ReleaseState.choices, default=ReleaseState.BUILDING)
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    manifest_key = models.CharField(max_length=512, blank=True, default="")
+    manifest_sha256 = models.CharField(max_length=64, blank=True, default="")
+    manifest_size = models.BigIntegerField(default=0)
+    counts = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "version"], name="release_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} release {self.version}"
+
+
+class ReleaseItem(models.Model):
+    """One item of a release, frozen: its blob, the labels chosen for it and its split.
+
+    Everything a consumer reads is copied here, so a release stays byte-identical when the
+    annotation, the item or its task later change or go away (the references carry no database
+    constraint for that reason). `source` says where `regions` came from: the task's ground truth,
+    its accepted annotation, the annotators' consensus, or its (only) submitted annotation.
+    """
+
+    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="entries")
+    item = models.ForeignKey(Item, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    task = models.ForeignKey(Task, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    dataset_id = models.IntegerField()
+    name = models.CharField(max_length=1024)
+    modality = models.CharField(max_length=16)
+    media_type = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64)
+    blob_key = models.CharField(max_length=512)
+    size = models.BigIntegerField(default=0)
+    meta = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=16)
+    annotation_id = models.IntegerField(null=True, blank=True)
+    annotation_version = models.IntegerField(null=True, blank=True)
+    annotations = models.JSONField(default=list, blank=True)  # every annotation the labels rest on
+    schema_version = models.IntegerField()
+    regions = RegionsField(default=list)
+    regions_sha256 = models.CharField(max_length=64)
+    split = models.CharField(max_length=16)
+    stratum = models.CharField(max_length=200, blank=True, default="")  # the class stratified on
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["release", "item"], name="release_item_unique")]
+        indexes = [models.Index(fields=["release", "split", "item"], name="release_item_split")]
+
+    def __str__(self) -> str:
+        return f"release {self.release_id} item {self.item_id}"
+
+
+class ReleaseExport(models.Model):
+    """A release written in one format (optionally with its media), once: a release never changes,
+    so asking again returns the same file."""
+
+    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="exports")
+    format = models.CharField(max_length=32)
+    include_media = models.BooleanField(default=False)
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    key = models.CharField(max_length=512, blank=True, default="")
+    filename = models.CharField(max_length=300, blank=True, default="")
+    media_type = models.CharField(max_length=100, blank=True, default="")
+    size = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["release", "format", "include_media"], name="release_export_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"release {self.release_id} {self.format}"
+
+
+from labeling.webhooks.models import *  # noqa: E402,F403  (the webhook models belong to this app)

@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 
+from labeling.webhooks import tasks as webhook_tasks  # noqa: F401  (workers discover labeling.tasks only)
 from labeling.workflow import leases_expire
 
 logger = logging.getLogger(__name__)

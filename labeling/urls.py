@@ -83,3 +83,7 @@ urlpatterns += [
     path(f"{P}/tasks/<int:task_id>/predict", views.TaskPredictView.as_view(), name="task-predict"),
 ]
 urlpatterns += [path(f"{P}/prelabel/report", views.PrelabelReportView.as_view(), name="prelabel-report")]
+
+from labeling.webhooks.urls import urlpatterns as webhook_urlpatterns  # noqa: E402
+
+urlpatterns += webhook_urlpatterns

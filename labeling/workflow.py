@@ -49,6 +49,7 @@ from labeling.services import (
     require_schema_id,
     revision_for,
 )
+from labeling.webhooks.services import emit
 from projects.access import ProjectAccess, ProjectAction
 from projects.audit import audit_record
 from projects.exceptions import (
@@ -632,6 +633,18 @@ def assignment_submit(
                 assignment, task, actor, regions, schema.version, lead_time_ms, workflow, from_prediction_id
             )
             record(annotation)
+            emit(
+                access.project,
+                "annotation.submitted",
+                {
+                    "task": task.pk,
+                    "item": task.item_id,
+                    "annotation": annotation.pk,
+                    "version": annotation.version,
+                    "author": actor.pk,
+                    "submitted_at": annotation.submitted_at,
+                },
+            )
             return annotation, True
     # The slot is gone: keep the work as the caller's draft, in its own transaction, then say so.
     with transaction.atomic():
@@ -1066,7 +1079,8 @@ def _reject(annotation: Annotation, task: Task, workflow: Workflow) -> None:
 
 def _after_review(task: Task, actor: User) -> None:
     """Once every submitted annotation has a verdict: accepted if all are, else rework (rejected)."""
-    if any(a.review_status == "" for a in _submitted_annotations(task)):
+    submitted = _submitted_annotations(task)
+    if any(a.review_status == "" for a in submitted):
         return  # the reviewer has not finished with this task
     task.review_by, task.review_until = None, None
     if task.submitted < task.overlap or task.active > 0:
@@ -1074,6 +1088,8 @@ def _after_review(task: Task, actor: User) -> None:
     else:
         _set_state(task, TaskState.ACCEPTED, actor=actor, reason="every annotation accepted")
         task.open_slots = 0
+        accepted = [a.pk for a in submitted if a.review_status == "accepted"]
+        emit(task.project, "task.accepted", {"task": task.pk, "item": task.item_id, "annotations": accepted})
 
 
 # --- Comments ----------------------------------------------------------------------------------

@@ -64,6 +64,10 @@ class ProjectAction(StrEnum):
     QUALITY_VIEW = "project.quality.view"
     QUALITY_TRIAGE = "project.quality.triage"
     QUALITY_MANAGE = "project.quality.manage"
+    WEBHOOKS_MANAGE = "project.webhooks.manage"
+    RELEASES_VIEW = "project.releases.view"
+    RELEASES_CREATE = "project.releases.create"
+    RELEASES_EXPORT = "project.releases.export"
 
 
 _ALL_ORG = frozenset(OrgRole.values)
@@ -130,6 +134,17 @@ PROJECT_MATRIX: dict[ProjectAction, frozenset[str]] = {
     ),
     ProjectAction.QUALITY_TRIAGE: frozenset({ProjectRole.MANAGER, ProjectRole.REVIEWER, ORG_ADMIN}),
     ProjectAction.QUALITY_MANAGE: _MANAGERS,
+    # Webhooks send project data to outside URLs: list, create, change, test and redeliver them.
+    ProjectAction.WEBHOOKS_MANAGE: _MANAGERS,
+    # Releases are read by the people who ship the data (never by annotators: they would see
+    # everyone's work); only managers cut them. Exports of a release are derived, read-only files.
+    ProjectAction.RELEASES_VIEW: frozenset(
+        {ProjectRole.MANAGER, ProjectRole.REVIEWER, ProjectRole.ML_ENGINEER, ORG_ADMIN}
+    ),
+    ProjectAction.RELEASES_CREATE: _MANAGERS,
+    ProjectAction.RELEASES_EXPORT: frozenset(
+        {ProjectRole.MANAGER, ProjectRole.REVIEWER, ProjectRole.ML_ENGINEER, ORG_ADMIN}
+    ),
 }
 
 

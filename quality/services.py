@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Avg
 from django.utils import timezone
 
-from labeling import verdicts
+from labeling import hooks, verdicts
 from labeling.hooks import Recorder, Submitted
 from labeling.models import Annotation, Task
 from labeling.services import parsed_schema, schema_current
@@ -510,3 +510,64 @@ def task_complete(task: Task) -> None:
     if found.flagged:
         findings_record(task.project_id, [agreement_finding(found, settings)])
     task.qc_status = QC_FLAGGED if found.flagged else (task.qc_status or QC_PASSED)
+
+
+# --- What releases read (labeling.hooks) -------------------------------------------------------
+
+
+def consensus_for_release(task_ids: list[int]) -> dict[int, hooks.Consensus]:
+    """The last assessed consensus of each task that has one."""
+    rows = (
+        TaskQuality.objects.filter(task_id__in=task_ids)
+        .exclude(method="")
+        .values_list("task_id", "consensus", "annotation_ids", "method", "agreement")
+    )
+    return {
+        task_id: hooks.Consensus(
+            regions=list(consensus), annotation_ids=list(ids), method=method, agreement=agreement
+        )
+        for task_id, consensus, ids, method, agreement in rows
+    }
+
+
+def quality_facts(task_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """For a release's lineage: the task's agreement, the rules its annotations were checked
+    against and which of them found something, and every finding with its status."""
+    facts: dict[int, dict[str, Any]] = {}
+    tasks = dict(Task.objects.filter(id__in=task_ids).values_list("id", "project_id"))
+    rules_by_project: dict[int, list[str]] = {}
+    for project in Project.objects.filter(id__in=set(tasks.values())):
+        rules_by_project[project.pk] = sorted({rule.kind for rule in rules_of(settings_of(project.settings))})
+    for task_id, project_id in tasks.items():
+        facts[task_id] = {"rules_checked": rules_by_project.get(project_id, []), "findings": []}
+    for row in TaskQuality.objects.filter(task_id__in=task_ids).values(
+        "task_id", "annotators", "agreement", "method", "annotation_ids"
+    ):
+        shown: dict[str, Any] = dict(row)
+        facts[int(shown.pop("task_id"))]["agreement"] = shown
+    for finding in (
+        Finding.objects.filter(task_id__in=task_ids)
+        .order_by("id")
+        .values(
+            "task_id",
+            "id",
+            "source",
+            "kind",
+            "code",
+            "severity",
+            "status",
+            "annotation_id",
+            "region_id",
+            "message",
+        )
+    ):
+        found: dict[str, Any] = dict(finding)
+        facts[int(found.pop("task_id"))]["findings"].append(found)
+    for task_facts in facts.values():
+        failed = {
+            f["kind"]
+            for f in task_facts["findings"]
+            if f["source"] == FindingSource.RULE and f["status"] == FindingStatus.OPEN
+        }
+        task_facts["rules_passed"] = [kind for kind in task_facts["rules_checked"] if kind not in failed]
+    return facts

@@ -23,6 +23,7 @@ The rules, each enforced on every hop of a redirect chain:
 
 ``request_json`` sends one request to a JSON API (an external model server) under the same rules;
 such servers usually live on internal networks, which the operator allow-lists explicitly.
+``request_bytes`` sends a body given as bytes (a signed webhook payload) under the same rules.
 
 No Django here: the ingest service calls ``fetch_to_file`` outside any transaction and records the
 result.
@@ -707,3 +708,47 @@ def request_json(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+class RawResponse(NamedTuple):
+    """What a server answered to ``request_bytes``."""
+
+    status: int
+    headers: Mapping[str, str]  # the response headers, names in lower case
+    body: bytes  # the start of the body: at most the ``keep`` bytes asked for
+
+
+def request_bytes(
+    method: str,
+    url: str,
+    body: bytes | None,
+    *,
+    policy: FetchPolicy,
+    headers: Mapping[str, str] | None = None,
+    keep: int = _ERROR_TEXT_CHARS,
+) -> RawResponse:
+    """Send one request whose body goes out exactly as given (a signed payload must reach the
+    receiver byte for byte) under the rules of ``request_json``: addresses checked and pinned, no
+    proxies, redirects never followed, the policy's timeouts.
+
+    Any status comes back as it is. Only the first ``keep`` bytes of the answer are read, then the
+    connection is closed, so a large answer costs nothing (``policy.max_bytes`` plays no part).
+    The address checks, timeouts and network failures raise FetchRefused.
+    """
+    method = method.upper()
+    if method not in _JSON_METHODS:
+        raise ValueError(f"method {method!r} is not one of {sorted(_JSON_METHODS)}")
+    deadline = _Deadline(policy.total_timeout)
+    target = _parse_url(url, policy)
+    try:
+        connection, response = _open(
+            target, _basic_auth(target), deadline, policy, method=method, body=body, extra_headers=headers
+        )
+        try:
+            kept = response.read(keep) if keep > 0 else b""
+        finally:
+            connection.close_socket()
+    except (TimeoutError, http.client.HTTPException, OSError) as exc:
+        raise _refusal(exc, target, policy) from exc
+    received = {name.lower(): value for name, value in response.getheaders()}
+    return RawResponse(response.status, received, kept)

@@ -22,6 +22,7 @@ class Request:
     body: Any
     headers: dict[str, str]
     at: float
+    raw: bytes = b""  # the body as received (what a signature covers)
 
 
 @dataclass
@@ -66,7 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
         model = self.server.model
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        request = Request(self.command, self.path, json.loads(raw) if raw else None, dict(self.headers), 0.0)
+        request = Request(
+            self.command, self.path, json.loads(raw) if raw else None, dict(self.headers), 0.0, raw
+        )
         with model.lock:
             request.at = time.monotonic()
             model.requests.append(request)

@@ -391,6 +391,84 @@ CASES += [
 ]
 
 
+def _webhook(labeled: Labeled) -> int:
+    """A webhook of the project to a public address (nothing is sent while the test runs)."""
+    from labeling.webhooks.models import Webhook
+
+    return Webhook.objects.create(
+        project=labeled.world.project, url="http://93.184.216.34/hook", events=["task.accepted"],
+        secret="s" * 32,
+    ).pk  # fmt: skip
+
+
+def _finished_delivery(labeled: Labeled) -> str:
+    """A failed delivery of a fresh webhook: each allowed caller redelivers its own."""
+    from labeling.webhooks.models import WebhookDelivery
+
+    webhook_id = _webhook(labeled)
+    delivery = WebhookDelivery.objects.create(
+        webhook_id=webhook_id, event="ping", body="{}", state="failed", attempts=1, attempt_limit=1
+    )
+    return labeled.url(f"/webhooks/{webhook_id}/deliveries/{delivery.pk}/redeliver")
+
+
+W = f"{P}/webhooks"
+CASES += [
+    Case("GET", W, _path("/webhooks"), ProjectAction.WEBHOOKS_MANAGE, 200),
+    Case(
+        "POST",
+        W,
+        _path("/webhooks"),
+        ProjectAction.WEBHOOKS_MANAGE,
+        201,
+        body=lambda w, who: {"url": "http://93.184.216.34/hook", "events": ["task.accepted"]},
+    ),
+    Case(
+        "GET",
+        f"{W}/<int:webhook_id>",
+        lambda w: w.url(f"/webhooks/{_webhook(w)}"),
+        ProjectAction.WEBHOOKS_MANAGE,
+        200,
+    ),
+    Case(
+        "PATCH",
+        f"{W}/<int:webhook_id>",
+        lambda w: w.url(f"/webhooks/{_webhook(w)}"),
+        ProjectAction.WEBHOOKS_MANAGE,
+        200,
+        body=lambda w, who: {"description": who},
+    ),
+    Case(
+        "DELETE",
+        f"{W}/<int:webhook_id>",
+        lambda w: w.url(f"/webhooks/{_webhook(w)}"),
+        ProjectAction.WEBHOOKS_MANAGE,
+        204,
+    ),
+    Case(
+        "GET",
+        f"{W}/<int:webhook_id>/deliveries",
+        lambda w: w.url(f"/webhooks/{_webhook(w)}/deliveries"),
+        ProjectAction.WEBHOOKS_MANAGE,
+        200,
+    ),
+    Case(
+        "POST",
+        f"{W}/<int:webhook_id>/deliveries/<int:delivery_id>/redeliver",
+        _finished_delivery,
+        ProjectAction.WEBHOOKS_MANAGE,
+        202,
+    ),
+    Case(
+        "POST",
+        f"{W}/<int:webhook_id>/ping",
+        lambda w: w.url(f"/webhooks/{_webhook(w)}/ping"),
+        ProjectAction.WEBHOOKS_MANAGE,
+        202,
+    ),
+]
+
+
 @pytest.fixture(autouse=True)
 def _short_predict_deadline(settings: Any) -> None:
     settings.LOUPE_PREDICT_TIMEOUT_S = 1

@@ -1,0 +1,1 @@
+"""Releases: immutable, numbered versions of a project's approved labels, their exports and lineage."""

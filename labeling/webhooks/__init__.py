@@ -1,0 +1,1 @@
+"""Webhooks: per-project subscriptions to Loupe's events, signed deliveries with retries."""
