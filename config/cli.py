@@ -8,6 +8,9 @@
     loupe migrate                apply database migrations
     loupe createuser NAME ...    create an account and print a one-time API token
     loupe manage ...             any manage.py command
+    loupe pull PROJECT[@RELEASE] --format F --out DIR
+                                 download a released dataset (the client in loupe_client/;
+                                 talks to a server over HTTP, needs no Django settings)
 
 The helpers in the middle section (readiness wait, credentials, HTTP probe, spawning `loupe up`)
 are also what the tests and the benchmarks use, so all three agree on what "ready" means.
@@ -340,11 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, text in passthrough_help.items():
         commands.add_parser(name, help=text, add_help=False)
+    commands.add_parser(
+        "pull", help="download a released dataset in a training format (`loupe pull --help`)", add_help=False
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "pull":  # the client: HTTP only, never Django
+        from loupe_client.cli import main as client_main
+
+        return client_main(args)
     try:
         if args and args[0] in PASSTHROUGH:
             _exec(PASSTHROUGH[args[0]](args[1:]))
