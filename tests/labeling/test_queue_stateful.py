@@ -524,12 +524,17 @@ class QueueMachine(RuleBasedStateMachine):
                 assert task.open_slots == max(task.overlap - task.active - task.submitted, 0), pk
             else:
                 assert (task.open_slots, task.active) == (0, 0), pk
-            # Review is off: done exactly when the overlap is submitted.
-            assert (task.state == TaskState.DONE) == (submitted_annotations[pk] == task.overlap), (
+            # Review is off: once the overlap is submitted the task is done, unless the annotators
+            # disagreed (quality flags the task), which sends it to review under every policy.
+            complete = submitted_annotations[pk] == task.overlap
+            flagged = task.qc_status == "flagged"
+            assert (task.state == TaskState.DONE) == (complete and not flagged), (
                 pk,
                 task.state,
+                task.qc_status,
                 submitted_annotations[pk],
             )
+            assert (task.state == TaskState.IN_REVIEW) == (complete and flagged), (pk, task.state)
             if task.state != TaskState.DONE:
                 # Open exactly when nobody works on it: a lease, a reservation or a submission.
                 busy = task.active + task.submitted > 0

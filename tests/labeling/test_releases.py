@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import Counter
 from datetime import timedelta
@@ -11,8 +12,9 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
+from PIL import Image
 
-from labeling.models import Annotation, Release, ReleaseItem, Task
+from labeling.models import Annotation, MLModel, ModelVersion, Prediction, Release, ReleaseItem, Task
 from labeling.releases import splits as sp
 from labeling.releases import urls as release_urls
 from labeling.services import region_changes
@@ -20,8 +22,9 @@ from projects import jobs
 from projects.access import PROJECT_MATRIX, ProjectAction
 from projects.models import Job
 from tests.conftest import CALLERS, World, assert_error
-from tests.labeling.conftest import API
+from tests.labeling.conftest import API, run
 from tests.labeling.releases import Shop, another_annotator, box
+from tests.storage.conftest import upload
 
 pytestmark = pytest.mark.django_db
 
@@ -419,3 +422,61 @@ def test_every_release_endpoint_answers_every_caller_as_the_matrix_says(
 def _methods(pattern: Any) -> set[str]:
     view = pattern.callback.view_class
     return {m for m in ("get", "post") if hasattr(view, m)}
+
+
+def test_lineage_shows_the_model_that_prelabeled_and_what_was_kept(world: World, objects_dir: Path) -> None:
+    shop = Shop(world, 1, review="none")
+    model = MLModel.objects.create(organization=world.org, name="detector")
+    version = ModelVersion.objects.create(
+        model=model, version="v3", kind="http", endpoint="http://127.0.0.1:9", task_type="detection",
+        modalities=["image"], outputs=["bbox"], labels=["car", "person"],
+    )  # fmt: skip
+    task = shop.task_of(shop.items[0])
+    predicted = [box("p1", "car", 10, 10), box("p2", "person", 30, 20, 8, 16)]
+    prediction = Prediction.objects.create(
+        task=task, source=version, model_version="detector:v3", schema_version=1, result=predicted, score=0.8
+    )
+    client = world.client("annotator")
+    handed = client.post(shop.url("/next")).json()
+    kept_one = [box("p1", "car", 10, 10)]  # kept the car as predicted, deleted the person
+    submitted = client.post(
+        shop.url(f"/assignments/{handed['assignment']['id']}/submit"),
+        {"lease_id": handed["assignment"]["lease_id"], "result": kept_one, "from_prediction": prediction.pk},
+        format="json",
+    )
+    assert submitted.status_code == 201, submitted.content
+    release = shop.cut()
+    lineage = (
+        world.client("ml_engineer").get(f"{API}/releases/{release['id']}/items/{task.item_id}/lineage").json()
+    )
+    (annotation,) = lineage["annotations"]
+    prelabel = annotation["prelabel"]
+    assert (prelabel["model"], prelabel["model_version"], prelabel["registered_version"]) == (
+        "detector",
+        "detector:v3",
+        version.pk,
+    )
+    assert prelabel["outcome"]["kept"] == 1 and prelabel["outcome"]["deleted"] == 1
+    assert prelabel["outcome"]["predicted"] == 2
+
+
+def test_lineage_traces_an_uploaded_item_to_its_ingest(world: World, objects_dir: Path) -> None:
+    shop = Shop(world, 0, review="none")
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(picture, "PNG")
+    sent = upload(world.client("manager"), shop.dataset.pk, {"cams/front/0001.png": picture.getvalue()})
+    assert sent.status_code == 202, sent.content
+    assert run(sent.json()["id"]).state == "succeeded"
+    shop.label_all(lambda name: [box("b1", "car", 5, 5)])
+    release = shop.cut()
+    (item_id,) = ReleaseItem.objects.filter(release_id=release["id"]).values_list("item_id", flat=True)
+    ingest = (
+        world.client("manager").get(f"{API}/releases/{release['id']}/items/{item_id}/lineage").json()["item"]
+    )
+    assert (
+        ingest["ingest"]["job"] == sent.json()["id"] and ingest["ingest"]["by"] == world.users["manager"].pk
+    )
+    assert (
+        ingest["ingest"]["name"] == "cams/front/0001.png" and ingest["ingest"]["source"]["kind"] == "staged"
+    )
+    assert ingest["sha256"] == hashlib.sha256(picture.getvalue()).hexdigest()
