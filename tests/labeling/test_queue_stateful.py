@@ -535,7 +535,7 @@ class QueueMachine(RuleBasedStateMachine):
                 submitted_annotations[pk],
             )
             assert (task.state == TaskState.IN_REVIEW) == (complete and flagged), (pk, task.state)
-            if task.state != TaskState.DONE:
+            if task.state not in (TaskState.DONE, TaskState.IN_REVIEW):
                 # Open exactly when nobody works on it: a lease, a reservation or a submission.
                 busy = task.active + task.submitted > 0
                 assert task.state == (TaskState.IN_PROGRESS if busy else TaskState.OPEN), (pk, task.state)
