@@ -1,7 +1,7 @@
 """The Celery application: JSON only, explicit queues, tasks enqueued after commit.
 
-Workers consume the queues ingest, prelabel, quality, export and default; a GPU machine can run
-`loupe worker -Q prelabel`. Celery never runs tasks in-process: with the broker down, enqueueing
+Workers consume the queues ingest, prelabel, quality, export, training and default; a GPU machine
+can run `loupe worker -Q prelabel`. Celery never runs tasks in-process: with the broker down, enqueueing
 fails loudly.
 """
 

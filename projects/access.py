@@ -68,6 +68,8 @@ class ProjectAction(StrEnum):
     RELEASES_VIEW = "project.releases.view"
     RELEASES_CREATE = "project.releases.create"
     RELEASES_EXPORT = "project.releases.export"
+    MODELS_TRAIN = "project.models.train"
+    MODELS_EVALUATE = "project.models.evaluate"
 
 
 _ALL_ORG = frozenset(OrgRole.values)
@@ -145,6 +147,9 @@ PROJECT_MATRIX: dict[ProjectAction, frozenset[str]] = {
     ProjectAction.RELEASES_EXPORT: frozenset(
         {ProjectRole.MANAGER, ProjectRole.REVIEWER, ProjectRole.ML_ENGINEER, ORG_ADMIN}
     ),
+    # Training and evaluating models on releases: the people who own the data and the models.
+    ProjectAction.MODELS_TRAIN: frozenset({ProjectRole.MANAGER, ProjectRole.ML_ENGINEER, ORG_ADMIN}),
+    ProjectAction.MODELS_EVALUATE: frozenset({ProjectRole.MANAGER, ProjectRole.ML_ENGINEER, ORG_ADMIN}),
 }
 
 
