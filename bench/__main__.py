@@ -4,7 +4,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import Figure, ingest, labeling, machine_speed_ms, prelabel, quality, queue, startup
+from bench import Figure, export, ingest, labeling, machine_speed_ms, prelabel, quality, queue, startup
 
 SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "startup": startup.run,
@@ -13,6 +13,7 @@ SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "queue": queue.run,
     "prelabel": prelabel.run,
     "quality": quality.run,
+    "export": export.run,
 }
 
 
