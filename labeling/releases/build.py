@@ -139,7 +139,7 @@ def _freeze(release: Release, low: int, high: int) -> tuple[int, dict[str, int]]
             "item__size", "item__meta", "item__primary__sha256", "item__primary__key",
         )
     )  # fmt: skip
-    chosen = labels_chosen([t[0] for t in tasks], release.schema_version)
+    chosen = labels_chosen([t[0] for t in tasks])
     inherited = _inherited(release, [t[1] for t in tasks])
     class_order = _class_order(release)
     ratios, stratify, seed = _ratios(release), release.splits["stratify"], release.splits["seed"]

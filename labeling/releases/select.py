@@ -86,7 +86,7 @@ def _one(source: str, annotation: Annotation) -> Chosen:
     )
 
 
-def labels_chosen(task_ids: list[int], schema_version: int) -> dict[int, Chosen]:
+def labels_chosen(task_ids: list[int]) -> dict[int, Chosen]:
     """The labels a release freezes for each task that has some (see the module's rules)."""
     annotations: dict[int, list[Annotation]] = {}
     rows = Annotation.objects.filter(
