@@ -71,6 +71,11 @@ class JobKind:
     queue: ClassVar[str] = "default"
     # At most one queued/running job of this kind per project.
     exclusive_per_project: ClassVar[bool] = False
+    # Chunks apply strictly in index order: a chunk is leased only once every chunk before it is
+    # done (kinds whose last chunks sum up or publish what the earlier ones wrote). A chunk held by
+    # a dead runner then blocks the rest until its lease expires and the stalled-job sweep hands
+    # the job over, instead of being overtaken.
+    ordered: ClassVar[bool] = False
 
     def runners(self, job: Job) -> int:
         """How many workers may work on one job of this kind at once (chunks are leased)."""
@@ -328,7 +333,7 @@ def _run(
             return "sliced"
         if Job.objects.filter(id=job.pk, cancel_requested=True).exists():
             break  # before the chunk's work, which may be minutes of a model's time; finished below
-        index = _lease_next_chunk(job, token, cursor)
+        index = _lease_in_order(job, token) if kind.ordered else _lease_next_chunk(job, token, cursor)
         if index is None:
             break
         cursor = index + 1
@@ -439,6 +444,21 @@ def _lease_next_chunk(job: Job, token: str, cursor: int) -> int | None:
         ):
             return index
     return None
+
+
+def _lease_in_order(job: Job, token: str) -> int | None:
+    """Lease the first chunk not done, if nobody holds it (or its holder's lease expired)."""
+    assert job.chunks_total is not None
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.LOUPE_JOB_STALL_SECONDS)
+    done = set(JobChunk.objects.filter(job=job, state=ChunkState.DONE).values_list("index", flat=True))
+    index = next((i for i in range(job.chunks_total) if i not in done), None)
+    if index is None:
+        return None
+    if _insert_lease(job.pk, index, token, until):
+        return index
+    expired = JobChunk.objects.filter(job=job, index=index, state=ChunkState.LEASED, lease_until__lt=now)
+    return index if expired.update(token=token, lease_until=until) else None
 
 
 def _insert_lease(job_id: int, index: int, token: str, until: Any) -> bool:

@@ -428,6 +428,7 @@ class LabelErrors(JobKind):
 
     name = LABEL_ERRORS_KIND
     queue = "quality"
+    ordered = True  # the fitting chunk reads the features every earlier chunk stored
     exclusive_per_project = True
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,7 @@ def _release(job: Job) -> Release:
 class ReleaseBuild(JobKind):
     name = "labeling.release_build"
     queue = "export"
+    ordered = True  # the counts and the manifest must see every item frozen
 
     def plan(self, job: Job) -> Plan:
         release = _release(job)

@@ -20,7 +20,7 @@ from labeling.releases import urls as release_urls
 from labeling.services import region_changes
 from projects import jobs
 from projects.access import PROJECT_MATRIX, ProjectAction
-from projects.models import Job
+from projects.models import Job, JobChunk
 from tests.conftest import CALLERS, World, assert_error
 from tests.labeling.conftest import API, run
 from tests.labeling.releases import Shop, another_annotator, box
@@ -480,3 +480,44 @@ def test_lineage_traces_an_uploaded_item_to_its_ingest(world: World, objects_dir
         ingest["ingest"]["name"] == "cams/front/0001.png" and ingest["ingest"]["source"]["kind"] == "staged"
     )
     assert ingest["sha256"] == hashlib.sha256(picture.getvalue()).hexdigest()
+
+
+def test_a_chunk_held_by_a_dead_worker_is_not_overtaken(shop: Shop, world: World, settings: Any) -> None:
+    """The counts and the manifest come last: with chunk 1 leased by a worker that died, the next
+    worker waits for the lease to run out instead of counting a release with a hole in it."""
+    world.client("manager").patch(shop.url("/workflow"), {"review": "none"}, format="json")
+    shop.add_items(12, 30)
+    shop.label_all(regions_for)
+    from labeling.releases import build
+
+    chunk_tasks, build.CHUNK_TASKS = build.CHUNK_TASKS, 5
+    try:
+        created = shop.release()
+        job_id = Release.objects.get(id=created.json()["id"]).job_id
+        assert job_id is not None
+
+        class Killed(BaseException):
+            """Like SIGKILL."""
+
+        def die_after_the_first(job: Job, index: int) -> None:
+            raise Killed
+
+        with pytest.raises(Killed):
+            jobs.job_execute(job_id=job_id, on_chunk=die_after_the_first)
+        # The dead worker had leased chunk 1 too (its lease still runs).
+        lease = timezone.now() + timedelta(minutes=5)
+        JobChunk.objects.create(job_id=job_id, index=1, state="leased", token="dead", lease_until=lease)
+        Job.objects.filter(id=job_id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+        assert jobs.job_execute(job_id=job_id) == "waiting"
+        assert set(JobChunk.objects.filter(job_id=job_id).values_list("index", flat=True)) == {0, 1}
+        JobChunk.objects.filter(job_id=job_id, index=1).update(
+            lease_until=timezone.now() - timedelta(seconds=1)
+        )
+        Job.objects.filter(id=job_id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+        assert jobs.job_execute(job_id=job_id) == "succeeded"
+    finally:
+        build.CHUNK_TASKS = chunk_tasks
+    release = Release.objects.get(id=created.json()["id"])
+    assert release.counts["items"] == ReleaseItem.objects.filter(release=release).count() == 30
+    data, _ = _manifest(world, release.pk)
+    assert len(data.splitlines()) == 30 + 2

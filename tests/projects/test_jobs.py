@@ -340,3 +340,29 @@ def test_a_chunk_slower_than_the_stall_limit_keeps_its_lease_and_finishes(
     assert jobs.job_execute(job_id=job.id) == "succeeded"
     assert swept == [[]]  # the job never looked stalled
     assert Job.objects.get(id=job.id).attempts == 1
+
+
+def test_an_ordered_kind_never_overtakes_a_chunk_a_dead_runner_holds(world: World) -> None:
+    """Ordered kinds (a release build, whose last chunks count and publish) wait for a chunk whose
+    runner died until its lease runs out; then the next runner does it, and only then the rest."""
+    make_events(world, 100)
+    job = start_recount(world)
+    kind = jobs.kind_for(job.kind)
+    type(kind).ordered = True
+    try:
+        JobChunk.objects.create(
+            job=job, index=0, state="leased", token="dead", lease_until=timezone.now() + timedelta(minutes=5)
+        )
+        Job.objects.filter(id=job.id).update(state=JobState.RUNNING, chunks_total=None)
+        Job.objects.filter(id=job.id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+        assert jobs.job_execute(job_id=job.id) == "waiting"
+        assert list(JobChunk.objects.filter(job=job).values_list("index", flat=True)) == [0]
+        JobChunk.objects.filter(job=job, index=0).update(lease_until=timezone.now() - timedelta(seconds=1))
+        Job.objects.filter(id=job.id).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+        order: list[int] = []
+        assert jobs.job_execute(job_id=job.id, on_chunk=lambda _, i: order.append(i)) == "succeeded"
+    finally:
+        type(kind).ordered = False
+    job.refresh_from_db()
+    assert order == list(range(job.chunks_total or 0))
+    assert job.result["events_by_verb"] == expected_by_verb(world, job.params["last_id"])
