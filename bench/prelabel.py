@@ -190,12 +190,12 @@ def _measure(count: int) -> list[Figure]:
 
 def _raw_rate(predictor: Any, tasks: list[Any], batch_size: int) -> float:
     """Items per second through the predictor in a plain loop, bytes read as the job reads them."""
-    from labeling.prelabel import _inputs
+    from labeling.prelabel import model_inputs
 
     started = time.perf_counter()
     for at in range(0, len(tasks), batch_size):
         batch = tasks[at : at + batch_size]
-        predictor.predict(_inputs([(t.pk, t.item) for t in batch], urls=False))
+        predictor.predict(model_inputs([(t.pk, t.item) for t in batch], urls=False))
     return len(tasks) / (time.perf_counter() - started)
 
 

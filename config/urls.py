@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/v1/", include("storage.urls")),
     path("api/v1/", include("labeling.urls")),
     path("api/v1/", include("labeling.releases.urls")),
+    path("api/v1/", include("labeling.training.urls")),
     path("api/v1/", include("quality.urls")),
     path("objects/<str:token>", storage_views.object_download, name="object-download"),
     path("objects/upload/<str:token>", storage_views.object_upload, name="object-upload"),

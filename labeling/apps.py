@@ -9,6 +9,7 @@ class LabelingConfig(AppConfig):
         from labeling import jobs, prelabel  # noqa: F401  (register the labeling job kinds)
         from labeling.releases import build, exports  # noqa: F401  (and the release job kinds)
         from labeling.services import tasks_for_new_items
+        from labeling.training import jobs as training_jobs  # noqa: F401  (and training's)
         from storage import hooks
 
         hooks.on_items_added(tasks_for_new_items)

@@ -15,6 +15,10 @@ workflow calls the hooks at fixed points:
 - **release facts** are read when a release is built and when its lineage is shown: for a list
   of task ids, what the apps built on labeling know of each task (the annotators' consensus and
   the quality checks it went through). Providers only read; each answers for the tasks it knows.
+- **model trained** runs inside the transaction that registers a model version trained on a
+  release (labeling.training), with the release and the held-out split the model never saw: an
+  app may ask for an evaluation there (quality starts an evaluation job, enqueued on commit), so
+  the request commits with the version or not at all.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from labeling.models import Annotation, Task
+    from labeling.models import Annotation, ModelVersion, Release, Task
     from labeling.regions import ItemFacts, Schema
     from projects.models import Project
 
@@ -58,11 +62,14 @@ class Consensus:
 
 ConsensusProvider = Callable[[list[int]], dict[int, Consensus]]
 QualityProvider = Callable[[list[int]], dict[int, dict[str, Any]]]
+# (the trained version, the release it learned from, the held-out split, the user who trained it)
+ModelTrained = Callable[["ModelVersion", "Release", str, int | None], None]
 
 _SUBMIT_CHECKS: list[SubmitCheck] = []
 _TASK_COMPLETE: list[TaskComplete] = []
 _CONSENSUS: list[ConsensusProvider] = []
 _QUALITY: list[QualityProvider] = []
+_MODEL_TRAINED: list[ModelTrained] = []
 
 
 def on_submit_check(hook: SubmitCheck) -> SubmitCheck:
@@ -120,3 +127,16 @@ def quality_facts(task_ids: list[int]) -> dict[int, dict[str, Any]]:
         for task_id, facts in provider(task_ids).items():
             found.setdefault(task_id, {}).update(facts)
     return found
+
+
+def on_model_trained(hook: ModelTrained) -> ModelTrained:
+    if hook not in _MODEL_TRAINED:
+        _MODEL_TRAINED.append(hook)
+    return hook
+
+
+def model_trained(version: ModelVersion, release: Release, split: str, actor_id: int | None) -> None:
+    """A model version trained on `release` was registered (inside that transaction); `split` is
+    the release's held-out split to evaluate it on."""
+    for hook in _MODEL_TRAINED:
+        hook(version, release, split, actor_id)

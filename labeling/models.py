@@ -293,6 +293,14 @@ class ModelVersion(models.Model):
     labels = models.JSONField(default=list)
     params = models.JSONField(default=dict, blank=True)
     label_map = models.JSONField(default=dict, blank=True)
+    # Trained versions (kind "trained"): the release they learned from (the card keeps its id,
+    # version and manifest checksum should the release go), the model card shown to users, and
+    # the files in object storage with their SHA-256, checked before a worker loads them.
+    release = models.ForeignKey(
+        "Release", on_delete=models.SET_NULL, null=True, blank=True, related_name="model_versions"
+    )
+    card = models.JSONField(default=dict, blank=True)
+    artifacts = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -492,6 +500,35 @@ class ReleaseExport(models.Model):
 
     def __str__(self) -> str:
         return f"release {self.release_id} {self.format}"
+
+
+class Training(models.Model):
+    """One training of a model on a release (labeling.training, docs/training.md): the recipe and
+    its parameters, the job that runs it, and the model version it registered once it succeeded.
+
+    The version is created in the transaction of the job's last chunk and the one-to-one link
+    makes that registration happen once per training, whatever the workers did meanwhile.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="trainings")
+    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="trainings")
+    recipe = models.CharField(max_length=50)
+    params = models.JSONField(default=dict, blank=True)  # normalized, defaults filled in
+    model_name = models.CharField(max_length=200)
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    model_version = models.OneToOneField(
+        ModelVersion, on_delete=models.SET_NULL, null=True, blank=True, related_name="training"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["release", "-id"])]
+
+    def __str__(self) -> str:
+        return f"training {self.pk} ({self.recipe})"
 
 
 from labeling.webhooks.models import *  # noqa: E402,F403  (the webhook models belong to this app)

@@ -290,6 +290,17 @@ def _load(version: ModelVersion) -> Predictor:
             raise ModelUnavailable(f"the built-in model {version.builtin!r} is not part of this installation")
         own = {k: v for k, v in version.params.items() if k in model.params}
         return model.load({**model.params, **own})
+    if version.kind == ModelKind.TRAINED:
+        from labeling.inference import trained
+
+        store = object_store()
+
+        def read(key: str) -> bytes:
+            with store.open(key) as handle:
+                return bytes(handle.read())
+
+        # The files are checked against the SHA-256 the training recorded before anything is read.
+        return trained.load(version.artifacts, read, batch_size=batch_size_of(version))
     from labeling.inference import remote
 
     # The client's own settings are taken out of the params; the rest are the model's, sent with
@@ -320,7 +331,7 @@ def _load(version: ModelVersion) -> Predictor:
     raise ModelUnavailable(f"models of kind {version.kind!r} cannot run yet")
 
 
-def _inputs(tasks: Sequence[tuple[int, Item]], *, urls: bool = True) -> list[ModelInput]:
+def model_inputs(tasks: Sequence[tuple[int, Item]], *, urls: bool = True) -> list[ModelInput]:
     """What a model sees of each task's item. `urls`: signed media links, which only model
     servers use (built-in models read the bytes)."""
     store = object_store()
@@ -453,6 +464,7 @@ def prelabel_start(
         )
     if version.kind == ModelKind.BUILTIN and not builtin_available(version.builtin):
         raise ModelNotRunnable(model=version.builtin, extra=REGISTRY[version.builtin].extra)
+    _require_trained_runnable(version)
     with transaction.atomic():
         return job_start(
             kind=PRELABEL_KIND,
@@ -466,6 +478,22 @@ def prelabel_start(
                 "label_map": mapping,
                 "schema_id": schema.pk,
             },
+        )
+
+
+def _require_trained_runnable(version: ModelVersion) -> None:
+    """A trained version whose recipe needs an extra this installation lacks cannot run here."""
+    if version.kind != ModelKind.TRAINED:
+        return
+    from labeling.inference.trained import missing_extra
+
+    recipe = str((version.card.get("recipe") or {}).get("name", ""))
+    extra = missing_extra(recipe)
+    if extra is not None:
+        raise ModelNotRunnable(
+            f"This model was trained with {recipe} and needs the {extra!r} extra: install 'loupe[{extra}]'.",
+            model=version_label(version),
+            extra=extra,
         )
 
 
@@ -539,7 +567,7 @@ class Prelabel(JobKind):
         if runnable:
             predictor = predictor_for(version)
             try:
-                results = predictor.predict(_inputs(runnable, urls=version.kind != ModelKind.BUILTIN))
+                results = predictor.predict(model_inputs(runnable, urls=version.kind != ModelKind.BUILTIN))
             except ModelUnavailable:
                 raise  # the job fails, saying what to install
             except Exception as exc:  # the batch's items get the error; a re-run tries them again
@@ -638,6 +666,7 @@ def task_predict(*, actor: User, access: ProjectAccess, task_id: int, model_vers
         raise NotFound("Task not found.", task_id=task_id)
     if version.kind == ModelKind.BUILTIN and not builtin_available(version.builtin):
         raise ModelNotRunnable(model=version.builtin, extra=REGISTRY[version.builtin].extra)
+    _require_trained_runnable(version)
     reply = f"loupe:predict:{uuid.uuid4().hex}"
     predict_one.apply_async(
         kwargs={"task_id": task.pk, "model_version_id": version.pk, "reply": reply}, queue="prelabel"
@@ -663,7 +692,7 @@ def predict_one_run(*, task_id: int, model_version_id: int) -> dict[str, Any]:
         return {"error": "The project has no label schema."}
     facts = rg.ItemFacts.from_item(task.item.modality, task.item.meta)
     try:
-        output = predictor_for(version).predict(_inputs([(task.pk, task.item)]))[0]
+        output = predictor_for(version).predict(model_inputs([(task.pk, task.item)]))[0]
     except ModelUnavailable as exc:
         return {"error": str(exc)}
     (mapped,) = map_and_validate([(task.pk, output, facts)], dict(version.label_map), parsed_schema(schema))

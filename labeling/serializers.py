@@ -450,6 +450,8 @@ class ModelVersionOutput(FieldsBuiltOnce, serializers.ModelSerializer):
             "labels",
             "params",
             "label_map",
+            "release",
+            "card",
             "created_at",
         ]
 

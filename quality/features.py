@@ -1,12 +1,13 @@
 """Feature vectors of tasks' items, for the classifiers label-error detection trains.
 
+The features themselves are computed in `labeling.inference.features` (one place for every
+classifier Loupe fits, models trained on releases included):
+
 - text items: all-MiniLM-L6-v2 sentence embeddings (384 numbers), the built-in embedding model of
   pre-labeling (`embeddings` extra); without it the job fails, naming the extra to install.
-- image items: the picture reduced to 16 x 16 grayscale
-  pixels, standardized (`quality.metrics.label_errors.pixel_features`). No pretrained image
-  model ships inside a PyPI wheel Loupe can rely on offline, so this is what is available: it
-  separates classes that differ in shape and layout (digits, icons, documents by layout) and
-  will not tell apart classes that differ in texture or fine detail (dog breeds, defects).
+- image items: the picture reduced to 16 x 16 grayscale pixels, standardized (`pixels`). It
+  separates classes that differ in shape and layout (digits, icons, documents by layout) and will
+  not tell apart classes that differ in texture or fine detail (dog breeds, defects).
 
 Items of other modalities are refused with a clear error.
 """
@@ -17,14 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from labeling.inference.features import MAX_TEXT_CHARS, FeaturesUnavailable, image_features, text_features
 from labeling.models import Task
 
-PIXELS = 16
-MAX_TEXT_CHARS = 4000
-
-
-class FeaturesUnavailable(RuntimeError):
-    pass
+__all__ = ["FeaturesUnavailable", "task_features"]
 
 
 def task_features(task_ids: Sequence[int]) -> np.ndarray:
@@ -51,13 +48,11 @@ def task_features(task_ids: Sequence[int]) -> np.ndarray:
             return bytes(handle.read())
 
     if modality == "text":
-        from labeling.inference.builtin.embeddings import embed
         from labeling.jobs import read_text
 
-        return embed([read_text(store, t.item.primary.key, t.item.meta, limit=MAX_TEXT_CHARS) for t in tasks])
+        return text_features(
+            [read_text(store, t.item.primary.key, t.item.meta, limit=MAX_TEXT_CHARS) for t in tasks]
+        )
     if modality == "image":
-        from quality.metrics.label_errors import pixel_features
-        from storage.media.images import image_gray
-
-        return pixel_features([image_gray(content(t), size=PIXELS) for t in tasks], size=PIXELS)
+        return image_features([content(t) for t in tasks], "pixels")
     raise FeaturesUnavailable(f"Label-error detection reads text and images, not {modality}.")

@@ -5,7 +5,7 @@
 - `labels`: what the release froze (source, annotation and its version, split);
 - `annotations`: every annotation the labels rest on — its author, the revisions up to the one
   frozen, the reviews it got, and the model version whose prediction it started from with how much
-  of that prediction was kept;
+  of that prediction was kept (and, for a model trained in Loupe, the release it learned from);
 - `quality`: what the quality checks found (labeling.hooks.quality_facts).
 """
 
@@ -59,6 +59,12 @@ def _ingest_job_id(item_id: int) -> int | None:
     return Item.objects.filter(id=item_id).values_list("ingest_job_id", flat=True).first()
 
 
+def _release_brief(release: Release | None) -> dict[str, Any] | None:
+    if release is None:
+        return None
+    return {"id": release.pk, "version": release.version, "project": release.project_id}
+
+
 def item_lineage(release: Release, item_id: int) -> dict[str, Any]:
     entry = ReleaseItem.objects.filter(release=release, item_id=item_id).first()
     if entry is None:
@@ -73,7 +79,7 @@ def item_lineage(release: Release, item_id: int) -> dict[str, Any]:
         p.pk: p
         for p in Prediction.objects.filter(
             id__in=[a.from_prediction_id for a in annotations if a.from_prediction_id]
-        ).select_related("source__model")
+        ).select_related("source__model", "source__release")
     }
     people = _people(
         {a.author_id for a in annotations}
@@ -100,6 +106,8 @@ def item_lineage(release: Release, item_id: int) -> dict[str, Any]:
                 "model_version": prediction.model_version,
                 "registered_version": prediction.source_id,
                 "model": prediction.source.model.name if prediction.source else None,
+                # A model trained in Loupe: the release it learned from.
+                "training_release": _release_brief(prediction.source.release if prediction.source else None),
                 # kept / edited / deleted predicted regions, regions added, mean similarity
                 "outcome": {k: v for k, v in (annotation.prediction_outcome or {}).items() if k != "regions"},
             },

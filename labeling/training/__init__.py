@@ -1,0 +1,1 @@
+"""Training models on releases (docs/training.md): recipes, the training job, its API."""
