@@ -7,10 +7,12 @@ class QualityConfig(AppConfig):
 
     def ready(self) -> None:
         from labeling import hooks
-        from quality import jobs  # noqa: F401  (register the quality job kinds)
+        from quality import evaluation, jobs  # noqa: F401  (register the quality job kinds)
         from quality.services import consensus_for_release, quality_facts, submit_check, task_complete
 
         hooks.on_submit_check(submit_check)
         hooks.on_task_complete(task_complete)
         hooks.on_consensus(consensus_for_release)
         hooks.on_quality_facts(quality_facts)
+        # A model trained on a release is evaluated on its held-out split.
+        hooks.on_model_trained(evaluation.evaluation_after_training)

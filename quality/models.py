@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from labeling.models import Annotation, Task
+from labeling.models import Annotation, ModelVersion, Release, Task
 from projects.models import Job, Project
 
 
@@ -117,3 +117,39 @@ class GoldAnswer(models.Model):
 
     def __str__(self) -> str:
         return f"gold answer {self.annotation_id}: {self.score:.2f}"
+
+
+class Evaluation(models.Model):
+    """A model version measured against a release's approved labels (quality.evaluation).
+
+    One per (model version, release, split): asking again returns it, a rerun recomputes it in
+    place. `split` "" means every item of the release. `metrics` holds one block per family of
+    regions measured (quality.metrics.evaluation), `plots` the object keys of the PNGs drawn from
+    them (name → key), `counts` how the items were covered (reused predictions, model runs,
+    failures). Filled by the job's last step; empty while it runs.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="+")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    split = models.CharField(max_length=16, blank=True, default="")
+    threshold = models.FloatField(default=0.5)
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    task_type = models.CharField(max_length=32, blank=True, default="")
+    metrics = models.JSONField(default=dict, blank=True)
+    plots = models.JSONField(default=dict, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "release", "split"], name="evaluation_once")
+        ]
+        indexes = [models.Index(fields=["release", "-id"])]
+
+    def __str__(self) -> str:
+        return f"evaluation {self.pk} of {self.model_version_id} on release {self.release_id}"

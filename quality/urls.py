@@ -15,4 +15,15 @@ urlpatterns = [
     path(f"{P}/tasks/<int:task_id>", views.TaskQualityView.as_view(), name="task-quality"),
     path(f"{P}/gold", views.GoldView.as_view(), name="quality-gold"),
     path(f"{P}/annotators/<int:user_id>/pause", views.AnnotatorPauseView.as_view(), name="annotator-pause"),
+    path(
+        "releases/<int:release_id>/evaluations",
+        views.ReleaseEvaluationListView.as_view(),
+        name="release-evaluation-list",
+    ),
+    path("evaluations/<int:evaluation_id>", views.EvaluationDetailView.as_view(), name="evaluation-detail"),
+    path(
+        "evaluations/<int:evaluation_id>/plots/<str:name>.png",
+        views.EvaluationPlotView.as_view(),
+        name="evaluation-plot",
+    ),
 ]

@@ -1,4 +1,5 @@
-"""Quality's API: settings, jobs, findings, reports, gold tasks and pausing annotators."""
+"""Quality's API: settings, jobs, findings, reports, gold tasks, pausing annotators, and model
+evaluations against releases."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from labeling import verdicts
+from labeling.releases.services import release_get
 from projects.access import ProjectAccess, ProjectAction, project_access
 from projects.exceptions import InvalidInput, NotFound
 from projects.idempotency import idempotency_parameter, idempotent
 from projects.serializers import JobOutput
 from projects.views import ListView, caller, parse
-from quality import jobs, selectors, services
+from quality import evaluation, jobs, selectors, services
 from quality.charts import report_png
-from quality.models import Finding, FindingSource, FindingStatus, TaskQuality
+from quality.models import Evaluation, Finding, FindingSource, FindingStatus, TaskQuality
 from quality.serializers import (
+    EvaluationDetailOutput,
+    EvaluationInput,
+    EvaluationOutput,
     FindingOutput,
     FindingStatusInput,
     GoldInput,
@@ -181,3 +186,66 @@ class AnnotatorPauseView(generics.GenericAPIView):
             pause=fields["paused"],
         )
         return Response({"user": user_id, "paused": fields["paused"], "changed": changed})
+
+
+# --- Model evaluations ---------------------------------------------------------------------------
+
+_EVALUATION_TAGS = ["evaluations"]
+
+
+class ReleaseEvaluationListView(ListView):
+    queryset = Evaluation.objects.none()
+    output_class = EvaluationOutput
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("split", str, description='Only evaluations of this split ("" = all items).')
+        ],
+        responses=EvaluationOutput(many=True),
+        tags=_EVALUATION_TAGS,
+    )
+    def get(self, request: Request, release_id: int) -> Response:
+        release, _ = release_get(user=caller(request), release_id=release_id)
+        split = request.query_params.get("split")
+        if split is not None and len(split) > 16:
+            raise InvalidInput("No such split.", field="split")
+        return self.list_response(evaluation.evaluations_of(release, split=split))
+
+    @extend_schema(
+        request=EvaluationInput,
+        responses={200: EvaluationOutput, 202: EvaluationOutput},
+        tags=_EVALUATION_TAGS,
+    )
+    def post(self, request: Request, release_id: int) -> Response:
+        user = caller(request)
+        release, access = release_get(user=user, release_id=release_id, action=ProjectAction.MODELS_EVALUATE)
+        fields = parse(EvaluationInput, request)
+        found, created = evaluation.evaluation_request(
+            actor=user,
+            access=access,
+            release=release,
+            model_version_id=fields["model_version"],
+            split=fields["split"],
+            threshold=fields["threshold"],
+            rerun=fields["rerun"],
+        )
+        return Response(
+            EvaluationOutput(found).data, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        )
+
+
+class EvaluationDetailView(generics.GenericAPIView):
+    @extend_schema(responses=EvaluationDetailOutput, tags=_EVALUATION_TAGS)
+    def get(self, request: Request, evaluation_id: int) -> Response:
+        found = evaluation.evaluation_get(user=caller(request), evaluation_id=evaluation_id)
+        return Response(EvaluationDetailOutput(found).data)
+
+
+class EvaluationPlotView(generics.GenericAPIView):
+    @extend_schema(
+        responses={(200, "image/png"): OpenApiResponse(description="The plot as a PNG.")},
+        tags=_EVALUATION_TAGS,
+    )
+    def get(self, request: Request, evaluation_id: int, name: str) -> HttpResponse:
+        found = evaluation.evaluation_get(user=caller(request), evaluation_id=evaluation_id)
+        return HttpResponse(evaluation.plot_png(found, name), content_type="image/png")

@@ -6,11 +6,12 @@ from typing import Any
 
 import pytest
 from django.urls import URLPattern
+from django.utils import timezone
 
-from labeling.models import Annotation
+from labeling.models import Annotation, MLModel, ModelVersion, Release
 from projects.access import ProjectAction
 from quality import urls as quality_urls
-from quality.models import Finding, TaskQuality
+from quality.models import Evaluation, Finding, TaskQuality
 from tests.labeling.conftest import Labeled
 from tests.labeling.test_permissions import BOX, Case, check_every_caller
 
@@ -56,6 +57,37 @@ def _gold_task(labeled: Labeled) -> dict[str, Any]:
             ground_truth=True,
         )
     return {"tasks": [task_id], "is_gold": True}
+
+
+def _release(labeled: Labeled) -> int:
+    found, _ = Release.objects.get_or_create(
+        project=labeled.world.project,
+        version=1,
+        defaults={"name": "r", "schema_version": 1, "state": "ready", "counts": {"by_split": {"test": 0}}},
+    )
+    return found.pk
+
+
+def _model_version(labeled: Labeled) -> int:
+    model, _ = MLModel.objects.get_or_create(organization=labeled.world.org, name="detector")
+    found, _ = ModelVersion.objects.get_or_create(
+        model=model, version="1",
+        defaults={"kind": "http", "endpoint": "http://127.0.0.1:9", "task_type": "detection",
+                  "modalities": ["image"], "outputs": ["bbox"]},
+    )  # fmt: skip
+    return found.pk
+
+
+def _evaluation(labeled: Labeled) -> int:
+    """A finished classification evaluation (its confusion matrix can be drawn)."""
+    metrics = {"classification": {"accuracy": 1.0, "confusion": {"labels": ["sunny"], "matrix": [[1]]}}}
+    found, _ = Evaluation.objects.get_or_create(
+        project=labeled.world.project,
+        release_id=_release(labeled),
+        model_version_id=_model_version(labeled),
+        defaults={"task_type": "classification", "evaluated_at": timezone.now(), "metrics": metrics},
+    )
+    return found.pk
 
 
 CASES = [
@@ -117,6 +149,36 @@ CASES = [
         ProjectAction.QUALITY_MANAGE,
         200,
         body=lambda w, who: {"paused": True, "reason": "test"},
+    ),
+    Case(
+        "GET",
+        "releases/<int:release_id>/evaluations",
+        lambda w: f"/api/v1/releases/{_release(w)}/evaluations",
+        ProjectAction.RELEASES_VIEW,
+        200,
+    ),
+    Case(
+        "POST",
+        "releases/<int:release_id>/evaluations",
+        lambda w: f"/api/v1/releases/{_release(w)}/evaluations",
+        ProjectAction.MODELS_EVALUATE,
+        202,
+        body=lambda w, who: {"model_version": _model_version(w)},
+        also=(200,),  # asked already by an earlier caller: the same evaluation
+    ),
+    Case(
+        "GET",
+        "evaluations/<int:evaluation_id>",
+        lambda w: f"/api/v1/evaluations/{_evaluation(w)}",
+        ProjectAction.RELEASES_VIEW,
+        200,
+    ),
+    Case(
+        "GET",
+        "evaluations/<int:evaluation_id>/plots/<str:name>.png",
+        lambda w: f"/api/v1/evaluations/{_evaluation(w)}/plots/confusion_matrix.png",
+        ProjectAction.RELEASES_VIEW,
+        200,
     ),
 ]
 
