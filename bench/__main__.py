@@ -4,7 +4,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import Figure, export, ingest, labeling, machine_speed_ms, prelabel, quality, queue, startup
+from bench import Figure, export, ingest, labeling, loop, machine_speed_ms, prelabel, quality, queue, startup
 
 SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "startup": startup.run,
@@ -14,6 +14,7 @@ SCENARIOS: dict[str, Callable[[str], list[Figure]]] = {
     "prelabel": prelabel.run,
     "quality": quality.run,
     "export": export.run,
+    "loop": loop.run,
 }
 
 
