@@ -52,20 +52,18 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-from bench import Figure, ingest
+from bench import Figure
+from bench.isolated import run_isolated
 
 BENCH_DB = os.environ.get("LOUPE_BENCH_DB") or "loupe_bench_export"
 REDIS_DB = 14
@@ -111,62 +109,7 @@ SCALES = {"small": Scale(small=1_000, large=5_000), "full": Scale(small=10_000, 
 
 def run(scale: str) -> list[Figure]:
     chosen = SCALES[scale]
-    base = os.environ.get("DATABASE_URL")
-    home = Path(tempfile.mkdtemp(prefix="lbexport"))
-    with mock.patch.object(ingest, "BENCH_DB", BENCH_DB):  # our own database, not `loupe_bench`
-        env, stop_services = ingest._database_env(home)
-    try:
-        env.update({
-            "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only"), "LOUPE_HOME": str(home),
-            "LOUPE_STORAGE": "local", "LOUPE_OBJECTS_DIR": str(home / "objects"),
-            "DJANGO_SETTINGS_MODULE": "config.settings", "REDIS_URL": _private_broker(env["REDIS_URL"]),
-        })  # fmt: skip
-        os.environ.update(env)
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-        with _no_job_messages():
-            return measure(chosen)
-    finally:
-        if base:
-            _drop_database(base)
-        if stop_services is not None:
-            stop_services()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-@contextmanager
-def _no_job_messages() -> Iterator[None]:
-    """Jobs run where the bench says (here, or in its child process): their Celery messages would
-    only wait in Redis for a worker that might belong to another database."""
-    from projects.tasks import job_run
-
-    with mock.patch.object(job_run, "apply_async"):
-        yield
-
-
-def _private_broker(url: str) -> str:
-    if url.startswith("redis://"):
-        return url.rsplit("/", 1)[0] + f"/{REDIS_DB}" if url.count("/") > 2 else url + f"/{REDIS_DB}"
-    return url  # embedded Redis on a socket of its own
-
-
-def _drop_database(base: str) -> None:
-    import psycopg
-    from django.apps import apps
-    from django.db import connections
-
-    from config.env import parse_database_url
-
-    if apps.ready:
-        connections.close_all()
-    dsn = parse_database_url(base)
-    with psycopg.connect(dbname="postgres", user=dsn.user, password=dsn.password, host=dsn.host,
-                         port=dsn.port or None, autocommit=True) as admin:  # fmt: skip
-        admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+    return run_isolated(BENCH_DB, "lbexport", lambda _: measure(chosen), redis_db=REDIS_DB)
 
 
 def _ratio(value: float, goal: float) -> float:

@@ -53,18 +53,14 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-from bench import Figure, ingest
+from bench import Figure
+from bench.isolated import run_isolated
 
 BENCH_DB = os.environ.get("LOUPE_BENCH_DB") or "loupe_bench_loop"
 SEED = 7
@@ -200,56 +196,7 @@ def _ratio(value: float, goal: float) -> float:
 
 def run(scale: str) -> list[Figure]:
     chosen = SCALES[scale]
-    base = os.environ.get("DATABASE_URL")
-    home = Path(tempfile.mkdtemp(prefix="lbloop"))
-    with mock.patch.object(ingest, "BENCH_DB", BENCH_DB):  # our own database, not `loupe_bench`
-        env, stop_services = ingest._database_env(home)
-    try:
-        env.update({
-            "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only"), "LOUPE_HOME": str(home),
-            "LOUPE_STORAGE": "local", "LOUPE_OBJECTS_DIR": str(home / "objects"),
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-        })  # fmt: skip
-        os.environ.update(env)
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-        with no_job_messages():
-            return measure(chosen, home / "upload")
-    finally:
-        if base:
-            _drop_database(base)
-        if stop_services is not None:
-            stop_services()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-@contextmanager
-def no_job_messages() -> Iterator[None]:
-    """Jobs run in this process: their Celery messages would only wait in Redis for a worker that
-    might belong to another database."""
-    from projects.tasks import job_run
-
-    with mock.patch.object(job_run, "apply_async"):
-        yield
-
-
-def _drop_database(base: str) -> None:
-    import psycopg
-    from django.apps import apps
-    from django.db import connections
-
-    from config.env import parse_database_url
-
-    if apps.ready:
-        connections.close_all()
-    dsn = parse_database_url(base)
-    with psycopg.connect(dbname="postgres", user=dsn.user, password=dsn.password, host=dsn.host,
-                         port=dsn.port or None, autocommit=True) as admin:  # fmt: skip
-        admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+    return run_isolated(BENCH_DB, "lbloop", lambda home: measure(chosen, home / "upload"))
 
 
 # --- The loop ----------------------------------------------------------------------------------------

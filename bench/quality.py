@@ -73,20 +73,16 @@ import io
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-from bench import Figure, ingest
+from bench import Figure
+from bench.isolated import TO_WORKER, run_isolated
 
 BENCH_DB = "loupe_bench_quality"
 ACCURACIES = (0.95, 0.95, 0.90, 0.75, 0.70)
@@ -143,72 +139,7 @@ SCALES = {
 
 def run(scale: str) -> list[Figure]:
     chosen = SCALES[scale]
-    base = os.environ.get("DATABASE_URL")
-    home = Path(tempfile.mkdtemp(prefix="lbqual"))
-    with mock.patch.object(ingest, "BENCH_DB", BENCH_DB):  # our own database, not `loupe_bench`
-        env, stop_services = ingest._database_env(home)
-    try:
-        env.update({
-            "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-only"), "LOUPE_HOME": str(home),
-            "LOUPE_STORAGE": "local", "LOUPE_OBJECTS_DIR": str(home / "objects"),
-            "DJANGO_SETTINGS_MODULE": "config.settings", "REDIS_URL": _private_broker(env["REDIS_URL"]),
-        })  # fmt: skip
-        os.environ.update(env)
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-        with _no_job_messages():
-            return measure(chosen)
-    finally:
-        if base:
-            _drop_database(base)
-        if stop_services is not None:
-            stop_services()
-        shutil.rmtree(home, ignore_errors=True)
-
-
-_TO_WORKER: list[bool] = []  # set while a job is to run on the bench's own Celery worker
-
-
-@contextmanager
-def _no_job_messages() -> Iterator[None]:
-    """Jobs run here, in this process: their Celery messages would only wait in Redis for a worker
-    that might belong to another database (except while `_on_worker` sends them to its own)."""
-    from projects.tasks import job_run
-
-    send = job_run.apply_async
-
-    def maybe_send(*args: Any, **kwargs: Any) -> Any:
-        return send(*args, **kwargs) if _TO_WORKER else None
-
-    with mock.patch.object(job_run, "apply_async", side_effect=maybe_send):
-        yield
-
-
-def _private_broker(url: str) -> str:
-    """The bench's own Redis database (15), so no other worker on this Redis takes its messages."""
-    if url.startswith("redis://"):
-        return url.rsplit("/", 1)[0] + "/15" if url.count("/") > 2 else url + "/15"
-    return url  # embedded Redis on a socket of its own
-
-
-def _drop_database(base: str) -> None:
-    """Drop the bench database (its rows are hundreds of megabytes at full scale)."""
-    import psycopg
-    from django.apps import apps
-    from django.db import connections
-
-    from config.env import parse_database_url
-
-    if apps.ready:
-        connections.close_all()
-    dsn = parse_database_url(base)
-    with psycopg.connect(dbname="postgres", user=dsn.user, password=dsn.password, host=dsn.host,
-                         port=dsn.port or None, autocommit=True) as admin:  # fmt: skip
-        admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+    return run_isolated(BENCH_DB, "lbqual", lambda _: measure(chosen), redis_db=15)
 
 
 def measure(scale: Scale) -> list[Figure]:
@@ -810,14 +741,14 @@ def _on_worker(world: World, project_id: int, kind: str, params: dict[str, Any])
         while not app.control.ping(timeout=0.5):
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the bench worker did not start:\n{log.read_text()[-3000:]}")
-        _TO_WORKER.append(True)
+        TO_WORKER.append(True)
         started = time.perf_counter()
         job = _start_job(world, project_id, kind, params)
         while Job.objects.filter(id=job.pk, state__in=Job.ACTIVE_STATES).exists():
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
     finally:
-        _TO_WORKER.clear()
+        TO_WORKER.clear()
         worker.terminate()
         worker.wait(timeout=60)
     job = Job.objects.get(id=job.pk)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench import export as bench
+from bench.isolated import no_job_messages
 from config.env import parse_database_url
 from labeling.regions import ItemFacts, parse_schema, validate_regions
 from labeling.releases.exports import write_export
@@ -54,7 +55,7 @@ def _rewrite(key: str, change: Any) -> str:
 
 @pytest.mark.django_db
 def test_the_checks_accept_a_true_export_and_refuse_a_wrong_one(objects_dir: Any) -> None:  # noqa: F811
-    with bench._no_job_messages():
+    with no_job_messages():
         owner, org, annotators = bench._world()
         project_id = bench._labelled_project(owner, org, annotators, "Checked", 40)
         release, _ = bench._release(owner, project_id)

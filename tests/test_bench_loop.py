@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bench import loop as bench
+from bench.isolated import no_job_messages
 from config.env import parse_database_url
 from tests.labeling.conftest import objects_dir  # noqa: F401  (the local object store fixture)
 
@@ -42,7 +43,7 @@ def test_time_saved_is_two_thirds_of_the_accuracy_and_goal_ratios_round_down() -
 
 @pytest.mark.django_db
 def test_a_tiny_loop_runs_every_step_and_its_figures_agree(objects_dir: Any, tmp_path: Path) -> None:  # noqa: F811
-    with bench.no_job_messages():
+    with no_job_messages():
         figures = {f.name: f.value for f in bench.measure(bench.Scale(batches=(40, 16, 16, 24)), tmp_path)}
     assert figures["loop_round0_units"] == 3 * 40  # no model: every text costs 3 units
     for n, size in ((1, 16), (2, 16), (3, 24)):

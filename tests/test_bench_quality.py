@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from bench import quality as bench
+from bench.isolated import no_job_messages
 from tests.labeling.conftest import objects_dir  # noqa: F401  (the local object store fixture)
 
 
@@ -44,7 +45,7 @@ def test_goal_ratios_round_down_so_a_missed_goal_never_prints_as_met() -> None:
 
 @pytest.mark.django_db
 def test_the_scenario_runs_end_to_end_at_a_tiny_scale(objects_dir: Any) -> None:  # noqa: F811
-    with bench._no_job_messages():
+    with no_job_messages():
         figures = {
             f.name: f.value
             for f in bench.measure(
