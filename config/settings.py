@@ -127,6 +127,9 @@ else:
     }
 _dsn["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
 _dsn["CONN_HEALTH_CHECKS"] = True
+# Hot-path statements are prepared once per connection (config/postgresql); off behind a proxy
+# that pools by transaction and cannot keep prepared statements.
+_dsn["PREPARED_STATEMENTS"] = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DATABASES = {"default": _dsn}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

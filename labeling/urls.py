@@ -3,8 +3,13 @@ from django.urls import path
 from labeling import views
 
 P = "projects/<int:project_id>"
+A = f"{P}/assignments/<int:assignment_id>"
 
+# An annotator's day is next → draft… → submit: those routes first (Django tries them in order).
 urlpatterns = [
+    path(f"{P}/next", views.NextView.as_view(), name="task-next"),
+    path(f"{A}/draft", views.AssignmentDraftView.as_view(), name="assignment-draft"),
+    path(f"{A}/submit", views.AssignmentSubmitView.as_view(), name="assignment-submit"),
     path(f"{P}/schemas", views.SchemaListView.as_view(), name="schema-list"),
     path(f"{P}/schemas/<int:version>", views.SchemaDetailView.as_view(), name="schema-detail"),
     path(f"{P}/tasks", views.TaskListView.as_view(), name="task-list"),
@@ -35,37 +40,12 @@ urlpatterns = [
 
 urlpatterns += [
     path(f"{P}/workflow", views.WorkflowView.as_view(), name="workflow"),
-    path(f"{P}/next", views.NextView.as_view(), name="task-next"),
     path(f"{P}/assignments", views.AssignmentListView.as_view(), name="assignment-list"),
     path(f"{P}/assignments/bulk", views.AssignmentBulkView.as_view(), name="assignment-bulk"),
-    path(
-        f"{P}/assignments/<int:assignment_id>", views.AssignmentDetailView.as_view(), name="assignment-detail"
-    ),
-    path(
-        f"{P}/assignments/<int:assignment_id>/draft",
-        views.AssignmentDraftView.as_view(),
-        name="assignment-draft",
-    ),
-    path(
-        f"{P}/assignments/<int:assignment_id>/submit",
-        views.AssignmentSubmitView.as_view(),
-        name="assignment-submit",
-    ),
-    path(
-        f"{P}/assignments/<int:assignment_id>/skip",
-        views.AssignmentSkipView.as_view(),
-        name="assignment-skip",
-    ),
-    path(
-        f"{P}/assignments/<int:assignment_id>/release",
-        views.AssignmentReleaseView.as_view(),
-        name="assignment-release",
-    ),
-    path(
-        f"{P}/assignments/<int:assignment_id>/reassign",
-        views.AssignmentReassignView.as_view(),
-        name="assignment-reassign",
-    ),
+    path(A, views.AssignmentDetailView.as_view(), name="assignment-detail"),
+    path(f"{A}/skip", views.AssignmentSkipView.as_view(), name="assignment-skip"),
+    path(f"{A}/release", views.AssignmentReleaseView.as_view(), name="assignment-release"),
+    path(f"{A}/reassign", views.AssignmentReassignView.as_view(), name="assignment-reassign"),
     path(f"{P}/next-review", views.NextReviewView.as_view(), name="review-next"),
     path(f"{P}/annotations/<int:annotation_id>/review", views.ReviewView.as_view(), name="annotation-review"),
     path(f"{P}/tasks/<int:task_id>/comments", views.CommentListView.as_view(), name="comment-list"),

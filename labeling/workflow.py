@@ -60,7 +60,7 @@ from projects.exceptions import (
     SchemaViolation,
 )
 from projects.models import Organization, Project
-from projects.rows import Columns, fetch_one, insert, update
+from projects.rows import Columns, fetch_one, insert, prepared_cursor, together, update
 from storage.models import Blob, Item
 
 FINAL_STATES = (TaskState.ACCEPTED, TaskState.DONE)
@@ -324,7 +324,7 @@ _ORDER = {
 
 def _lock_caller(project_id: int, user_id: int) -> None:
     """Serialize one user's queue calls in one project (two tabs asking at once get one slot)."""
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [project_id, user_id])
 
 
@@ -378,18 +378,20 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
             Assignment.objects.filter(task__project_id=project.pk, user=actor).count() >= workflow.max_total
         ):
             return None
-        task = _pull(project, actor.pk, _ORDER[workflow.ordering])
-        if task is None:
+        pulled = _pull(project, actor.pk, _ORDER[workflow.ordering])
+        if pulled is None:
             return None
         if workflow.gold_rate > 0 and _random.random() < workflow.gold_rate:
             # In place of the regular task (whose row lock ends with this transaction, untouched).
-            task = _pull(project, actor.pk, _ORDER["random"], gold=True) or task
-        _take_slot(task, actor)
-        _save_task(task)
+            pulled = _pull(project, actor.pk, _ORDER["random"], gold=True) or pulled
+        task, predictions = pulled
         assignment = Assignment(task=task, user=actor)
-        _lease(assignment, workflow, now)
-        insert(assignment)
-        return _handed(assignment, project)
+        with together():  # the task's counters, its state's audit entry and the lease: one statement
+            _take_slot(task, actor)
+            _save_task(task)
+            _lease(assignment, workflow, now)
+            insert(assignment)
+        return Handed(assignment=assignment, task=task, draft=None, predictions=predictions)
 
 
 # The caller's held leases first (the one started first leads), then what a manager reserved for
@@ -403,29 +405,33 @@ _WAITING_SQL = (
 
 
 def _waiting(project_id: int, user_id: int, limit: int) -> list[Assignment]:
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_WAITING_SQL, [project_id, user_id, limit])
         return [_ASSIGNMENT.build(row) for row in cursor.fetchall()]
 
 
-def _pull(project: Project, user_id: int, order: str, *, gold: bool = False) -> Task | None:
+def _pull(
+    project: Project, user_id: int, order: str, *, gold: bool = False
+) -> tuple[Task, list[Prediction]] | None:
     """Lock and return the first task with a free slot the user never had, skipping locked rows;
-    with `gold`, the first gold task the user never had (gold tasks have no slots to run out of)."""
+    with `gold`, the first gold task the user never had (gold tasks have no slots to run out of).
+    The task comes with its item and predictions, as `next` hands it out."""
     which = "t.is_gold" if gold else "t.open_slots > 0"
     sql = f"""
-        SELECT {_TASK.sql} FROM labeling_task t
+        SELECT {_HANDED_COLUMNS} FROM labeling_task t
+        JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id
         WHERE t.project_id = %s AND {which}
           AND NOT EXISTS (SELECT 1 FROM labeling_assignment a WHERE a.task_id = t.id AND a.user_id = %s)
         ORDER BY {order}
         LIMIT 1
         FOR UPDATE OF t SKIP LOCKED
     """  # noqa: S608  (column names from model metadata, order and which constant clauses)
-    found = fetch_one(sql, [project.pk, user_id], _TASK)
+    found = fetch_one(sql, [project.pk, user_id], _TASK, _ITEM, _BLOB)
     if found is None:
         return None
-    task = found[0]
-    task.project = project
-    return task
+    task, item, item.primary, predictions = found
+    task.project, task.item = project, item
+    return task, _predictions(predictions)
 
 
 # The task with its item, and the newest prediction of each model version of the task (at most
@@ -440,12 +446,15 @@ _HANDED_PREDICTION = (
     "score",
     "created_at",
 )
-_HANDED_SQL = (
-    f"SELECT {_TASK.sql}, {_ITEM.sql}, {_BLOB.sql}, "  # noqa: S608  (model metadata)
+_HANDED_COLUMNS = (
+    f"{_TASK.sql}, {_ITEM.sql}, {_BLOB.sql}, "  # noqa: S608  (model metadata)
     f"(SELECT json_agg(json_build_array({', '.join(f'p.{c}' for c in _HANDED_PREDICTION)})"
     " ORDER BY p.model_version)"
     " FROM (SELECT DISTINCT ON (p.model_version) p.* FROM labeling_prediction p WHERE p.task_id = t.id"
     " ORDER BY p.model_version, p.id DESC LIMIT 5) p)"
+)
+_HANDED_SQL = (
+    f"SELECT {_HANDED_COLUMNS}"  # noqa: S608  (model metadata)
     " FROM labeling_task t JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id"
     " WHERE t.id = %s"
 )
@@ -534,11 +543,12 @@ def assignment_draft(
         if assignment.state not in (AssignmentState.ACTIVE, AssignmentState.EXPIRED):
             # Submitted, skipped, released or withdrawn: an autosave arriving late changes nothing.
             raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)
-        annotation = _write_draft(assignment, actor, regions, schema.version, from_prediction_id)
-        if assignment.state == AssignmentState.ACTIVE:
-            assignment.lease_until = timezone.now() + timedelta(seconds=workflow.lease_seconds)
-        assignment.annotation = annotation
-        update(assignment, ["lease_until", "annotation_id"])
+        with together():  # the annotation, its revision and the renewed lease: one statement
+            annotation = _write_draft(assignment, actor, regions, schema.version, from_prediction_id)
+            if assignment.state == AssignmentState.ACTIVE:
+                assignment.lease_until = timezone.now() + timedelta(seconds=workflow.lease_seconds)
+            assignment.annotation = annotation
+            update(assignment, ["lease_until", "annotation_id"])
     return annotation
 
 
@@ -694,25 +704,28 @@ def _submit(
     annotation.from_prediction_id = from_prediction_id or annotation.from_prediction_id
     record_prediction_outcome(annotation, save=False)
     annotation.version += 1
-    if annotation.pk is None:
-        insert(annotation)
-    else:
-        update(annotation, _SUBMITTED_FIELDS)
-    _revision(annotation, RevisionAction.SUBMIT, actor, before)
-    assignment.state, assignment.annotation, assignment.finished_at = (
-        AssignmentState.SUBMITTED,
-        annotation,
-        now,
-    )
-    assignment.lease_until = None
-    update(assignment, ["state", "annotation_id", "finished_at", "lease_until"])
-    task.active -= 1
-    task.submitted += 1
-    task.open_slots = max(task.overlap - task.active - task.submitted, 0)
-    if task.state == TaskState.REJECTED and not _unreviewed_rejections(task):
-        _set_state(task, TaskState.IN_PROGRESS, actor=actor, reason="rework submitted")
-    _after_submission(task, workflow, actor)
-    _save_task(task)
+    # The annotation, its revision, the assignment, the task and its audit entries go as one
+    # statement (two when the task is complete: quality reads the annotations first).
+    with together():
+        if annotation.pk is None:
+            insert(annotation)
+        else:
+            update(annotation, _SUBMITTED_FIELDS)
+        _revision(annotation, RevisionAction.SUBMIT, actor, before)
+        assignment.state, assignment.annotation, assignment.finished_at = (
+            AssignmentState.SUBMITTED,
+            annotation,
+            now,
+        )
+        assignment.lease_until = None
+        update(assignment, ["state", "annotation_id", "finished_at", "lease_until"])
+        task.active -= 1
+        task.submitted += 1
+        task.open_slots = max(task.overlap - task.active - task.submitted, 0)
+        if task.state == TaskState.REJECTED and not _unreviewed_rejections(task):
+            _set_state(task, TaskState.IN_PROGRESS, actor=actor, reason="rework submitted")
+        _after_submission(task, workflow, actor)
+        _save_task(task)
     return annotation
 
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection
 from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from projects.exceptions import Conflict, InvalidInput, SchemaViolation
 from projects.models import IdempotencyRecord
+from projects.rows import prepared_cursor
 
 HEADER = "Idempotency-Key"
 _VALID_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -65,7 +65,7 @@ def idempotent(view: View) -> View:
             IdempotencyRecord.objects.filter(id=record.pk, status=0).delete()
             raise
         if 200 <= response.status_code < 300:
-            with connection.cursor() as cursor:
+            with prepared_cursor() as cursor:
                 cursor.execute(
                     "UPDATE projects_idempotencyrecord SET status = %s, body = %s::jsonb WHERE id = %s",
                     [response.status_code, json.dumps(response.data), record.pk],
@@ -85,7 +85,7 @@ _CLAIM_SQL = (
 
 
 def _claim(user_id: int, key: str, fingerprint: str) -> tuple[IdempotencyRecord, Response | None]:
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_CLAIM_SQL, [user_id, key, fingerprint, timezone.now()])
         claimed = cursor.fetchone()
     if claimed is not None:

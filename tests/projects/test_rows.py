@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from labeling.models import Assignment, AssignmentState, Task
+from labeling.models import Annotation, AnnotationRevision, Assignment, AssignmentState, Task
 from projects.models import ApiToken, AuditEvent, Project
-from projects.rows import Columns, fetch_one, insert, update
+from projects.rows import Columns, fetch_one, insert, together, update
 from tests.factories import BlobFactory, DatasetFactory, ItemFactory, ProjectFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -75,3 +77,91 @@ def test_columns_of_a_subset_leave_the_rest_deferred() -> None:
     token = token_columns.build([5, "laptop"])
     assert (token.pk, token.name) == (5, "laptop")
     assert token.get_deferred_fields() >= {"digest", "user_id"}
+
+
+def _task(project: Project | None = None) -> Task:
+    project = project or ProjectFactory()
+    item = ItemFactory(dataset=DatasetFactory(organization=project.organization), primary=BlobFactory())
+    return Task.objects.create(project=project, item=item, overlap=2, open_slots=2)
+
+
+def test_writes_together_are_one_statement_with_keys_filled_in(django_assert_num_queries: Any) -> None:
+    task, user = _task(), UserFactory()
+    with transaction.atomic():
+        annotation = Annotation(task=task, author=user, schema_version=1, result=[{"id": "r1"}])
+        with django_assert_num_queries(1), together():
+            insert(annotation)
+            revision = AnnotationRevision(annotation=annotation, version=1, action="create", author=user,
+                                          state="draft", schema_version=1, result=[], changes={})  # fmt: skip
+            insert(revision)
+            assignment = Assignment(
+                task=task, user=user, state=AssignmentState.SUBMITTED, annotation=annotation
+            )
+            insert(assignment)
+            task.submitted, task.open_slots = 1, 1
+            update(task, ["submitted", "open_slots"])
+            assert annotation.pk is None  # not sent yet
+        assert annotation.pk is not None and revision.pk is not None and assignment.pk is not None
+        assert assignment.annotation_id == annotation.pk and revision.annotation_id == annotation.pk
+    assert AnnotationRevision.objects.get(id=revision.pk).annotation_id == annotation.pk
+    assert Assignment.objects.get(id=assignment.pk).annotation_id == annotation.pk
+    stored = Task.objects.get(id=task.pk)
+    assert (stored.submitted, stored.open_slots) == (1, 1)
+
+
+def test_a_read_in_the_block_sees_every_write_before_it() -> None:
+    task, user = _task(), UserFactory()
+    with transaction.atomic(), together():
+        task.active = 1
+        update(task, ["active"])
+        insert(Assignment(task=task, user=user, state=AssignmentState.ACTIVE))
+        assert Task.objects.get(id=task.pk).active == 1  # the read sent the writes first
+        assert Assignment.objects.filter(task=task, user=user).count() == 1
+        task.active = 2
+        update(task, ["active"])
+    assert Task.objects.get(id=task.pk).active == 2
+
+
+def test_a_row_updated_twice_in_a_block_ends_with_the_second_update(django_assert_num_queries: Any) -> None:
+    task = _task()
+    # The first update goes when the second is asked for; the second when the block ends.
+    with transaction.atomic(), together(), django_assert_num_queries(1):
+        task.active, task.priority = 1, 3
+        update(task, ["active", "priority"])
+        task.active = 2
+        update(task, ["active"])
+    stored = Task.objects.get(id=task.pk)
+    assert (stored.active, stored.priority) == (2, 3)
+
+
+def test_writes_are_taken_as_they_were_when_queued() -> None:
+    task = _task()
+    with transaction.atomic(), together():
+        task.priority = 5
+        update(task, ["priority"])
+        task.priority = 9  # changed after the update was asked for, and never written
+    assert Task.objects.get(id=task.pk).priority == 5
+
+
+def test_a_failing_write_fails_the_block_and_writes_nothing() -> None:
+    task, user = _task(), UserFactory()
+    with pytest.raises(IntegrityError), transaction.atomic(), together():
+        task.active = 1
+        update(task, ["active"])
+        insert(Assignment(task=task, user=user, state=AssignmentState.ACTIVE))
+        insert(Assignment(task=task, user=user, state=AssignmentState.ACTIVE))  # (task, user) twice
+    assert Task.objects.get(id=task.pk).active == 0
+    assert not Assignment.objects.filter(task=task).exists()
+
+
+def test_hot_path_statements_are_prepared_once_per_connection() -> None:
+    task = _task()
+    a = Columns(Task, "t")
+    sql = f"SELECT {a.sql} FROM labeling_task t WHERE t.id = %s"  # noqa: S608
+    for _ in range(3):
+        fetch_one(sql, [task.pk], a)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s", [f"{sql[:40]}%"]
+        )
+        assert cursor.fetchone()[0] == 1
