@@ -28,6 +28,7 @@ from projects.exceptions import (
     NotFound,
     NotOrganizationMember,
     PermissionDenied,
+    SchemaViolation,
 )
 from projects.models import ApiToken, Membership, Organization, OrgRole, Project, ProjectMember
 
@@ -277,6 +278,35 @@ def membership_remove(*, actor: User, access: OrgAccess, user_id: int) -> None:
 
 _PROJECT_FIELDS = ("name", "description", "settings")
 
+# Keys of `Project.settings` another part of Loupe keeps, each changed through its own endpoint
+# where it is checked as a whole (the workflow, quality's rules, the webhook index). The free-form
+# settings a client writes keep them as they are. Apps register theirs as they start.
+_MANAGED_SETTINGS: dict[str, str] = {}
+
+
+def settings_key_managed(key: str, endpoint: str) -> None:
+    """`key` of the project settings is kept by `endpoint` (named in errors)."""
+    _MANAGED_SETTINGS[key] = endpoint
+
+
+class SettingsKeyManaged(SchemaViolation):
+    code = "settings_key_managed"
+
+
+def _client_settings(given: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The settings a client sent, with every managed key kept as it is now. Sending a managed
+    key back unchanged (a read, edited elsewhere, written back) is fine; changing it is refused,
+    naming the endpoint that changes it."""
+    for key, endpoint in _MANAGED_SETTINGS.items():
+        if key in given and given[key] != current.get(key):
+            raise SettingsKeyManaged(
+                f"settings.{key} is kept by Loupe; change it through {endpoint}.",
+                field=f"settings.{key}",
+                endpoint=endpoint,
+            )
+    kept = {key: current[key] for key in _MANAGED_SETTINGS if key in current}
+    return {**{k: v for k, v in given.items() if k not in _MANAGED_SETTINGS}, **kept}
+
 
 def _project_name_taken() -> NameTaken:
     return NameTaken("A project with this name exists in the organization.", field="name")
@@ -292,12 +322,13 @@ def project_create(
     settings: dict[str, Any] | None = None,
 ) -> Project:
     access.require(OrgAction.PROJECT_CREATE)
+    settings = _client_settings(settings or {}, {})
     project = _unique(
         lambda: Project.objects.create(
             organization=access.organization,
             name=name,
             description=description,
-            settings=settings or {},
+            settings=settings,
             created_by=actor,
         ),
         _project_name_taken(),
@@ -319,6 +350,8 @@ def project_update(*, actor: User, access: ProjectAccess, **fields: Any) -> Proj
     access.require(ProjectAction.UPDATE)
     project = Project.objects.select_for_update().get(id=access.project.pk)
     before = snapshot(project, _PROJECT_FIELDS)
+    if "settings" in fields:
+        fields["settings"] = _client_settings(fields["settings"], project.settings or {})
     for name, value in fields.items():
         setattr(project, name, value)
     changes = diff_fields(before, snapshot(project, _PROJECT_FIELDS))

@@ -7,6 +7,7 @@ class QualityConfig(AppConfig):
 
     def ready(self) -> None:
         from labeling import hooks
+        from projects.services import settings_key_managed
         from quality import evaluation, jobs  # noqa: F401  (register the quality job kinds)
         from quality.services import consensus_for_release, quality_facts, submit_check, task_complete
 
@@ -16,3 +17,4 @@ class QualityConfig(AppConfig):
         hooks.on_quality_facts(quality_facts)
         # A model trained on a release is evaluated on its held-out split.
         hooks.on_model_trained(evaluation.evaluation_after_training)
+        settings_key_managed("quality", "PUT /api/v1/projects/{id}/quality/settings")

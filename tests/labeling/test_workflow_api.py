@@ -368,6 +368,38 @@ def test_workflow_settings_are_validated_and_overlap_applies_to_open_tasks(floor
     assert AuditEvent.objects.filter(verb="workflow.update").exists()
 
 
+def test_project_settings_written_by_a_client_keep_the_workflow_and_quality(floor: Floor) -> None:
+    world, owner = floor.world, floor.world.client("owner")
+    project_url = f"{API}/projects/{world.project.pk}"
+    assert floor.workflow(overlap=3, review="none").status_code == 200
+    rules = {"agreement": {"min_agreement": 0.4}}
+    assert owner.put(f"{project_url}/quality/settings", rules, format="json").status_code == 200
+    kept = owner.get(project_url).json()["settings"]
+    # Free-form settings replace the client's own keys, and leave the ones Loupe keeps alone.
+    patched = owner.patch(project_url, {"settings": {"color": "teal"}}, format="json")
+    assert patched.status_code == 200, patched.content
+    settings = patched.json()["settings"]
+    assert settings["color"] == "teal" and settings["workflow"] == kept["workflow"]
+    assert settings["quality"] == kept["quality"]
+    assert owner.get(floor.url("/workflow")).json()["overlap"] == 3
+    assert set(Task.objects.filter(project=world.project).values_list("open_slots", flat=True)) == {3}
+    # A read, edited and written back whole, is accepted.
+    settings["color"] = "navy"
+    assert owner.patch(project_url, {"settings": settings}, format="json").json()["settings"] == settings
+    # Changing a kept key here is refused, naming where it is changed; nothing is written.
+    changed = {**settings, "color": "red", "workflow": {**settings["workflow"], "overlap": 1}}
+    error = assert_error(owner.patch(project_url, {"settings": changed}, format="json"), 422)
+    assert error["code"] == "settings_key_managed" and error["details"]["field"] == "settings.workflow"
+    assert "/workflow" in error["message"]
+    assert owner.get(project_url).json()["settings"]["color"] == "navy"
+    created = owner.post(
+        f"{API}/projects",
+        {"organization": world.org.pk, "name": "Copy", "settings": {"quality": {"rules": []}}},
+        format="json",
+    )
+    assert assert_error(created, 422)["details"]["field"] == "settings.quality"
+
+
 def test_uncertainty_first_hands_out_what_the_model_is_least_sure_of(floor: Floor) -> None:
     world = floor.world
     floor.workflow(ordering="uncertainty", overlap=1)
