@@ -320,10 +320,12 @@ class SpanDoc:
     spans: list[Span]
 
 
-def held_out(item: int, fraction: float) -> bool:
-    """Whether an item is among the validation items: a stable hash of its id, so a retraining on
-    the same release validates on the same items."""
-    digest = hashlib.sha256(f"loupe-validation:{item}".encode()).digest()
+def held_out(text: str, fraction: float) -> bool:
+    """Whether a document is among the validation documents: a stable hash of its text (as release
+    splits hash an item's content), so a retraining validates on the same documents whatever
+    their ids, in this release or a later one, and two copies of a text are never split between
+    training and validation."""
+    digest = hashlib.sha256(f"loupe-validation:{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
@@ -383,8 +385,8 @@ def fit_spacy(
             taken.append(span)
         return Example.from_dict(made, {"entities": [(s.start_char, s.end_char, s.label_) for s in taken]})
 
-    validation_docs = [d for d in docs if held_out(d.item, params["validation_fraction"])]
-    training_docs = [d for d in docs if not held_out(d.item, params["validation_fraction"])]
+    validation_docs = [d for d in docs if held_out(d.text, params["validation_fraction"])]
+    training_docs = [d for d in docs if not held_out(d.text, params["validation_fraction"])]
     if not training_docs:
         raise TrainingFailed("Every item was held back for validation: lower validation_fraction.")
     examples = [example(d) for d in training_docs]

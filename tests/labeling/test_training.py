@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 from django.utils import timezone
-from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from bench.quality import digit_png
 from labeling import hooks
 from labeling.inference import builtin
 from labeling.inference.base import ModelUnavailable
-from labeling.inference.features import hog_vector
+from labeling.inference.features import hog_vector, pixel_vector
 from labeling.inference.trained import (
     LinearModel,
     file_entry,
@@ -170,22 +170,13 @@ def _predicted_classes(version_id: int, task_ids: list[int]) -> dict[int, str]:
 # --- Digits: image-logreg ------------------------------------------------------------------------
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    image = Image.fromarray((pixels * 255 / 16).astype(np.uint8), mode="L").resize(
-        (32, 32), Image.Resampling.NEAREST
-    )
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
 @pytest.fixture
 def digits(world: World, objects_dir: Path) -> tuple[dict[str, Any], list[Task], np.ndarray]:
     """450 labeled digit images released (train/val/test), and 30 more left open."""
     data = load_digits()
     labeled, left = 450, 30
     assert publish(world, _schema("classification", [str(d) for d in range(10)])).status_code == 201
-    tasks = _items(world, [_png(data.images[i]) for i in range(labeled + left)], text=False)
+    tasks = _items(world, [digit_png(data.images[i]) for i in range(labeled + left)], text=False)
     _settle(world, tasks[:labeled], [_class(str(data.target[i])) for i in range(labeled)])
     return _cut(world), tasks, data.target[: labeled + left]
 
@@ -195,7 +186,7 @@ def small(world: World, objects_dir: Path) -> dict[str, Any]:
     """A ready release of 40 labeled digit images."""
     data = load_digits()
     assert publish(world, _schema("classification", [str(d) for d in range(10)])).status_code == 201
-    tasks = _items(world, [_png(data.images[i]) for i in range(40)], text=False)
+    tasks = _items(world, [digit_png(data.images[i]) for i in range(40)], text=False)
     _settle(world, tasks, [_class(str(data.target[i])) for i in range(40)])
     return _cut(world)
 
@@ -408,7 +399,7 @@ def test_a_changed_model_file_is_refused_before_it_is_loaded(small: dict[str, An
 def test_a_release_of_one_class_fails_its_training_saying_why(world: World, objects_dir: Path) -> None:
     data = load_digits()
     assert publish(world, _schema("classification", [str(d) for d in range(10)])).status_code == 201
-    tasks = _items(world, [_png(data.images[i]) for i in range(10)], text=False)
+    tasks = _items(world, [digit_png(data.images[i]) for i in range(10)], text=False)
     _settle(world, tasks, [_class("3")] * 10)
     started = _train(world, _cut(world)["id"], "image-logreg")
     job = run(started.json()["job"]["id"])
@@ -761,3 +752,12 @@ def test_span_metrics_count_exact_matches() -> None:
     assert (scores["precision"], scores["recall"], scores["f1"]) == (0.5, 0.6667, 0.5714)
     assert scores["per_label"]["org"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert json.dumps(scores)  # plain JSON, for the card
+
+
+def test_pixel_vectors_ignore_exposure_and_a_flat_picture_carries_nothing() -> None:
+    blocks = np.kron(np.array([[0.0, 1.0], [2.0, 3.0]]), np.ones((2, 2)))  # 4x4, four flat blocks
+    expected = (blocks - blocks.mean()) / blocks.std()
+    np.testing.assert_allclose(pixel_vector(blocks), expected.ravel(), rtol=1e-6)
+    np.testing.assert_allclose(pixel_vector(blocks * 3 + 50), expected.ravel(), rtol=1e-6)
+    flat = pixel_vector(np.full((16, 16), 200.0))
+    assert flat.shape == (256,) and not flat.any()
