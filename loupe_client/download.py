@@ -6,7 +6,7 @@
 - `download_many` runs many of those in a thread pool. Storage links are short-lived, so when one
   is refused (403/400) the files still missing are fetched again with fresh links from the listing.
 - `extract_zip` unpacks an archive after checking every member first: no absolute paths, no `..`,
-  no links or devices.
+  no links or devices, no member packed like a zip bomb, and room on the disk for all of it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import requests
 import urllib3
 
-from loupe_client.errors import ChecksumMismatch, DownloadError, LinkExpired, UnsafePath
+from loupe_client.errors import ArchiveRefused, ChecksumMismatch, DownloadError, LinkExpired, UnsafePath
 
 logger = logging.getLogger("loupe_client")
 
@@ -469,14 +469,43 @@ def _member_kind(info: zipfile.ZipInfo) -> str:
     return "link" if stat.S_ISLNK(mode) else "special"
 
 
+# Exports compress JSON and text 5 to 30 times and media not at all; deflate's limit is about
+# 1,000. A member of at least RATIO_FLOOR_BYTES packed tighter than MAX_RATIO is a zip bomb.
+MAX_RATIO = 200
+RATIO_FLOOR_BYTES = 1 << 20
+SPACE_MARGIN_BYTES = 64 << 20  # left free on the disk after unpacking
+
+
+def _check_expansion(archive: Path, root: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse (ArchiveRefused) an archive that would expand beyond reason. zipfile never yields
+    more than a member's declared size, so the declared sizes bound what would be written."""
+    for info in members:
+        if info.file_size >= RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise ArchiveRefused(
+                f"refusing {archive.name}: {info.filename!r} would expand {info.file_size:,} bytes from "
+                f"{info.compress_size:,} (more than {MAX_RATIO} times; no export packs that tight)"
+            )
+    total = sum(info.file_size for info in members)
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if total + SPACE_MARGIN_BYTES > free:
+        raise ArchiveRefused(
+            f"refusing {archive.name}: it unpacks to {total:,} bytes and {existing} has {free:,} free"
+        )
+
+
 def extract_zip(archive: Path, root: Path) -> list[Path]:
     """Unpack `archive` into `root`; every member is checked before anything is written.
 
     Refused (UnsafePath): absolute names, `..`, backslashes, symbolic links and special files.
+    Refused (ArchiveRefused): a member packed like a zip bomb, or more than the disk has free.
     Returns the files written, in archive order.
     """
     with zipfile.ZipFile(archive) as bundle:
         members = bundle.infolist()
+        _check_expansion(archive, root, members)
         plan: list[tuple[zipfile.ZipInfo, Path | None]] = []
         for info in members:
             kind = _member_kind(info)

@@ -40,3 +40,8 @@ class ChecksumMismatch(DownloadError):
 
 class UnsafePath(LoupeError):
     """A name from the server or an archive would land outside the output folder."""
+
+
+class ArchiveRefused(LoupeError):
+    """An archive would expand beyond reason: a member packed tighter than any export is (a zip
+    bomb), or more bytes than the disk has free. Nothing of it is written."""

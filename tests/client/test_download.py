@@ -7,15 +7,18 @@ import io
 import os
 import random
 import re
+import shutil
 import time
 import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
+from loupe_client import download
 from loupe_client.download import (
     ManyResult,
     Remote,
@@ -24,7 +27,7 @@ from loupe_client.download import (
     extract_zip,
     safe_join,
 )
-from loupe_client.errors import ChecksumMismatch, DownloadError, LinkExpired, UnsafePath
+from loupe_client.errors import ArchiveRefused, ChecksumMismatch, DownloadError, LinkExpired, UnsafePath
 from tests.client.storage_server import Storage, sha, storage_server
 from tests.s3 import S3Endpoint
 
@@ -371,7 +374,7 @@ def test_a_symlinked_folder_inside_the_output_cannot_lead_outside(tmp_path: Path
 
 def zip_of(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as bundle:
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         for name, data in members.items():
             bundle.writestr(name, data)
         for name, target in (links or {}).items():
@@ -418,6 +421,44 @@ def test_a_hostile_zip_is_refused_before_anything_is_written(
         extract_zip(archive, out)
 
     assert list(out.iterdir()) == [] and not (tmp_path / "evil.txt").exists()
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    archive = tmp_path / "export.zip"
+    archive.write_bytes(zip_of({"data.yaml": b"names: [car]\n", "labels.json": bytes(16 << 20)}))
+    assert archive.stat().st_size < 100_000  # 16 MiB of zeros packs about 1,000 to 1
+    out = tmp_path / "out"
+
+    with pytest.raises(ArchiveRefused, match=r"labels\.json"):
+        extract_zip(archive, out)
+
+    assert not out.exists()
+
+
+def test_an_export_as_compressible_as_real_ones_is_unpacked(tmp_path: Path) -> None:
+    rows = b"".join(
+        b'{"id": %d, "image_id": %d, "category_id": 1, "iscrowd": 0},' % (n, n) for n in range(40_000)
+    )
+    archive = tmp_path / "export.zip"
+    archive.write_bytes(zip_of({"annotations.json": rows}))
+
+    written = extract_zip(archive, tmp_path / "out")
+
+    assert [p.read_bytes() for p in written] == [rows]
+
+
+def test_an_archive_larger_than_the_free_disk_space_is_refused(tmp_path: Path, monkeypatch: Any) -> None:
+    archive = tmp_path / "export.zip"
+    archive.write_bytes(zip_of({"images/a.jpg": os.urandom(200_000)}))
+    real = shutil.disk_usage(tmp_path)
+    # The disk as it would be with 100 kB to spare beyond the margin kept free.
+    tight = real._replace(free=download.SPACE_MARGIN_BYTES + 100_000)
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: tight)
+
+    with pytest.raises(ArchiveRefused, match="200,000 bytes"):
+        extract_zip(archive, tmp_path / "out" / "deeper")
+
+    assert not (tmp_path / "out").exists()
 
 
 # --- S3 presigned URLs (SeaweedFS) -----------------------------------------------------------------
