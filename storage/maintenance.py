@@ -2,7 +2,8 @@
 
 Writes go object first, then row, so a crash between the two leaves an object no row references,
 never a row without its object. The sweep removes such orphans once they are older than a grace
-period (an ingest may be between its two steps right now), removes abandoned staging objects, and
+period (an ingest may be between its two steps right now), removes abandoned staging objects and
+what writers killed mid-way left (unfinished multipart uploads, partial local files), and
 flags — never deletes — rows whose object has disappeared, so operators and the API can see them.
 """
 
@@ -17,7 +18,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from storage.models import Blob
-from storage.objects import ObjectInfo, S3ObjectStore, object_store
+from storage.objects import ObjectInfo, object_store
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class SweepReport:
     staging_deleted: int = 0
     missing_flagged: int = 0
     missing_cleared: int = 0
-    multipart_aborted: int = 0
+    abandoned_writes_removed: int = 0  # unfinished multipart uploads, partial local files
 
 
 def store_sweep(*, grace_s: int | None = None) -> SweepReport:
@@ -57,8 +58,7 @@ def store_sweep(*, grace_s: int | None = None) -> SweepReport:
         if len(page) == PAGE:
             flush()
     flush()
-    if isinstance(store, S3ObjectStore):
-        report.multipart_aborted = store.multipart_abort_stale(older_than=cutoff)
+    report.abandoned_writes_removed = store.abandoned_writes_remove(older_than=cutoff)
     for info in store.iter_objects("staging/"):
         # Staged uploads live until their ingest job has copied them into blobs.
         if info.modified < cutoff:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 SIGNING_SALT = "loupe.objects"
 COPY_CHUNK = 1024 * 1024
+PARTIAL_PREFIX = ".part-"  # a local object being written, renamed into place when complete
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 S3_MAX_PARTS = 10_000
 
@@ -263,6 +264,12 @@ class ObjectStore:
     def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         raise NotImplementedError
 
+    def abandoned_writes_remove(self, *, older_than: float) -> int:
+        """Remove what writers killed mid-way left behind (unfinished multipart uploads, partial
+        files) untouched since ``older_than``; returns how many. A live writer is never taken:
+        its upload or file is younger than the sweep's grace period."""
+        raise NotImplementedError
+
     def check(self) -> None:
         raise NotImplementedError
 
@@ -274,7 +281,7 @@ class LocalObjectWriter(ObjectWriter):
         super().__init__(key, content_type)
         self._target = target
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
 
@@ -313,7 +320,7 @@ class LocalObjectStore(ObjectStore):
         # saving the same content-addressed key twice is harmless.
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 shutil.copyfileobj(handle, out, COPY_CHUNK)
@@ -352,12 +359,29 @@ class LocalObjectStore(ObjectStore):
             url=url, fields={"Content-Type": content_type}, method="PUT", expires_at=expires_at
         )
 
+    def abandoned_writes_remove(self, *, older_than: float) -> int:
+        """Partial files (`.part-…`, written beside their target and renamed into place when
+        done) whose writer died: each write touches the file, so an old one is abandoned."""
+        removed = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if not name.startswith(PARTIAL_PREFIX):
+                    continue
+                path = Path(folder) / name
+                try:
+                    if path.stat().st_mtime < older_than:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:  # finished and renamed meanwhile
+                    continue
+        return removed
+
     def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root
         if not base.exists():
             return
         for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith(".part-"):
+            if path.is_file() and not path.name.startswith(PARTIAL_PREFIX):
                 stat = path.stat()
                 yield ObjectInfo(
                     key=path.relative_to(self.root).as_posix(), size=stat.st_size, modified=stat.st_mtime
@@ -412,7 +436,7 @@ class S3ObjectWriter(ObjectWriter):
     created). A stream that fits in one part is sent as one PUT instead. The buffer is filled to
     ``part_bytes`` and reused, so memory stays at one part whatever the stream's length; a part is
     sent only once more bytes follow it, so the last part is never empty. An upload that is
-    neither completed nor aborted (a killed worker) is swept by ``multipart_abort_stale``.
+    neither completed nor aborted (a killed worker) is swept by ``abandoned_writes_remove``.
     """
 
     def __init__(self, store: S3ObjectStore, key: str, content_type: str, *, part_bytes: int) -> None:
@@ -612,7 +636,7 @@ class S3ObjectStore(ObjectStore):
             MultipartUpload={"Parts": [{"PartNumber": p["number"], "ETag": p["etag"]} for p in parts]},
         )  # fmt: skip
 
-    def multipart_abort_stale(self, *, older_than: float) -> int:
+    def abandoned_writes_remove(self, *, older_than: float) -> int:
         """Abort multipart uploads started before ``older_than`` (abandoned by their clients)."""
         aborted = 0
         for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket):

@@ -10,8 +10,9 @@ With `include_media` the result is a zip archive holding the format's files (a z
 members are copied in, not nested) and every item's media under `media/` (`images/` for YOLO,
 beside its `labels/`), streamed from object storage one file at a time.
 
-The export is one chunk: a worker killed while writing leaves an unfinished multipart upload
-(swept by `multipart_abort_stale`) and the next worker writes the file again from the start.
+The export is one chunk: a worker killed while writing leaves an unfinished multipart upload or
+a partial local file (both removed by the store sweep's `abandoned_writes_remove`), and the next
+worker writes the file again from the start.
 """
 
 from __future__ import annotations

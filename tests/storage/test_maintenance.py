@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from storage.ingest import blob_key
 from storage.maintenance import store_sweep
 from storage.models import Blob
-from storage.objects import LocalObjectStore, ObjectStore
+from storage.objects import LocalObjectStore, ObjectStore, S3ObjectStore
 
 pytestmark = pytest.mark.django_db
+
+PART = 5 * 1024 * 1024  # the smallest part S3 accepts
 
 
 def put(store: ObjectStore, key: str, *, age_s: int) -> None:
@@ -55,3 +58,48 @@ def test_sweeping_twice_changes_nothing_more(local_store: ObjectStore, tmp_path:
     put(local_store, blob_key("f" * 64), age_s=7200)
     assert store_sweep(grace_s=3600).orphans_deleted == 1
     assert store_sweep(grace_s=3600).orphans_deleted == 0
+
+
+def test_partial_files_of_writers_killed_mid_way_are_removed_live_ones_stay(
+    local_store: LocalObjectStore,
+) -> None:
+    key = "exports/1/coco.json"
+    dead = local_store.writer(key, content_type="application/json")
+    dead.write(b'{"images": [')  # its worker was killed here: never committed nor discarded
+    live = local_store.writer("exports/2/coco.json", content_type="application/json")
+    live.write(b"{")
+    partials = sorted(p for p in local_store.root.rglob(".part-*"))
+    assert len(partials) == 2 and local_store.info(key) is None
+    old = time.time() - 7200
+    (abandoned,) = [p for p in partials if p.parent.name == "1"]
+    os.utime(abandoned, (old, old))
+
+    report = store_sweep(grace_s=3600)
+
+    assert report.abandoned_writes_removed == 1
+    remaining = list(local_store.root.rglob(".part-*"))
+    assert [p.parent.name for p in remaining] == ["2"]
+    live.write(b"}")
+    live.close()  # the live writer finishes as if nothing happened
+    with local_store.open("exports/2/coco.json") as handle:
+        assert handle.read() == b"{}"
+    assert store_sweep(grace_s=3600).abandoned_writes_removed == 0
+
+
+def test_what_a_writer_killed_mid_way_left_is_removed_on_both_backends(
+    store: ObjectStore, settings: Any
+) -> None:
+    settings.LOUPE_S3_PART_BYTES = PART
+    dead = store.writer("exports/3/big.bin", content_type="application/octet-stream")
+    dead.write(os.urandom(PART + 1))  # on S3 the first part is uploaded: a multipart upload is open
+    dead.flush()
+    time.sleep(1.1)  # older than a grace of 0 s, at the store's one-second timestamps
+
+    assert store_sweep(grace_s=0).abandoned_writes_removed == 1
+
+    if isinstance(store, S3ObjectStore):
+        assert store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", []) == []
+    else:
+        assert isinstance(store, LocalObjectStore)
+        assert list(store.root.rglob(".part-*")) == []
+    assert store.info("exports/3/big.bin") is None
