@@ -209,7 +209,7 @@ def _project(world: World, name: str, spec: dict[str, Any], workflow: dict[str, 
     return int(project.pk)
 
 
-def _png(pixels: Any) -> bytes:
+def digit_png(pixels: Any) -> bytes:
     """A digit (8x8, values 0-16) as a 32x32 grayscale PNG, every pixel a 4x4 block."""
     import numpy as np
     from PIL import Image
@@ -232,7 +232,7 @@ def _store_digits(images: Any, indices: list[int]) -> dict[int, int]:
     store = object_store()
     ids = {}
     for index in indices:
-        data = _png(images[index])
+        data = digit_png(images[index])
         digest = hashlib.sha256(data).hexdigest()
         key = f"blobs/{digest[:2]}/{digest[2:4]}/{digest}"
         blob, created = Blob.objects.get_or_create(

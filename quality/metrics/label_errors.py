@@ -55,9 +55,9 @@ A region pairs only with a prediction of its own type; regions that are not loca
   polygons and masks, OKS for keypoints...). Score: (good_at - similarity) / (good_at -
   match_at), 1 at the pairing threshold, falling to 0 at `good_at`.
 
-Pixel features (`pixel_features`) make a crude image embedding for projects without a model:
-good enough for small, centred, uniform images (digits, icons, crops), not for photographs,
-where an embedding model is needed.
+The features come from labeling.inference.features (the ones models trained in Loupe read):
+MiniLM embeddings for texts, standardized pixels and HOG for images, good enough for small,
+centred, uniform images (digits, icons, crops), not for photographs.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def out_of_sample_probabilities(
     """The classes (in `label_order`) and an (n, k) matrix of probabilities, column c for
     `classes[c]`, each row predicted by a model that never saw that row (see the module docstring).
 
-    `features` is one row per example (an embedding, `pixel_features`...). The same features,
+    `features` is one row per example (an embedding, standardized pixels...). The same features,
     labels and seed always give the same probabilities. Raises ValueError with fewer than two
     classes of two examples or more, or with malformed input.
     """
@@ -333,33 +333,6 @@ def detection_disagreements(
     return [issue for _, issue in found]
 
 
-def pixel_features(images: Sequence[np.ndarray], size: int = 16) -> np.ndarray:
-    """One vector of size * size values per image: the image (grayscale, any shape; colour
-    channels in a last axis are averaged) resampled to size * size by area averaging, then
-    centred and scaled to unit variance so that exposure and contrast do not count.
-
-    Every output pixel is the mean of the input area it covers (fractional pixels weighted), so
-    shrinking is an honest box filter and enlarging repeats pixels. The aspect ratio is not kept
-    (the image is stretched to a square), nothing is translation- or rotation-invariant, and an
-    image of a single flat colour becomes all zeros. Good enough for small centred images (digits,
-    icons, object crops); for photographs use an embedding model.
-    """
-    if size < 1:
-        raise ValueError(f"The side of the resampled image must be at least 1, got {size}.")
-    out = np.zeros((len(images), size * size))
-    for row, image in enumerate(images):
-        pixels = np.asarray(image, dtype=float)
-        if pixels.ndim == 3:
-            pixels = pixels.mean(axis=2)
-        if pixels.ndim != 2 or pixels.size == 0:
-            raise ValueError(f"Image {row} is not a 2-D grayscale array (shape {pixels.shape}).")
-        small = _area_weights(pixels.shape[0], size) @ pixels @ _area_weights(pixels.shape[1], size).T
-        small -= small.mean()
-        spread = small.std()
-        out[row] = (small / spread if spread > 1e-12 else small * 0.0).ravel()
-    return out
-
-
 def _classifier(seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000, random_state=seed))
 
@@ -421,16 +394,6 @@ def _round_keeping_sum(values: np.ndarray) -> np.ndarray:
             ints[i] += step
         total = np.sum(ints).round()
     return ints
-
-
-def _area_weights(source: int, target: int) -> np.ndarray:
-    """A (target, source) matrix: output cell i is the weighted mean of the input pixels its
-    interval [i, i + 1) · source / target covers, each weighted by the length covered."""
-    edges = np.arange(target + 1) * source / target
-    start = np.arange(source)
-    covered = np.minimum(edges[1:, None], start[None, :] + 1) - np.maximum(edges[:-1, None], start[None, :])
-    weights = np.clip(covered, 0.0, None)
-    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def _score(prediction: Region) -> float:

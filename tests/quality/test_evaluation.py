@@ -159,6 +159,23 @@ def detection_shop(world: World, objects_dir: Path) -> Shop:
 # --- Detection -----------------------------------------------------------------------------------
 
 
+def _cocoeval(truth: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> Any:
+    """pycocotools' own COCOeval of `results` against `truth`, summarized."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = truth
+        gt.createIndex()
+        reference = COCOeval(gt, gt.loadRes(results), iouType=iou_type)
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    return reference
+
+
+def _stats(reference: Any) -> list[Any]:
+    return [None if s < 0 else s for s in reference.stats]  # -1: COCOeval has no figure
+
+
 def test_detection_numbers_are_cocoevals_and_precision_recall_is_greedy_at_the_threshold(
     detection_shop: Shop,
 ) -> None:
@@ -216,18 +233,9 @@ def test_detection_numbers_are_cocoevals_and_precision_recall_is_greedy_at_the_t
                     "bbox": [g["x"], g["y"], g["width"], g["height"]],
                 }
             )
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = truth
-        gt.createIndex()
-        reference = COCOeval(gt, gt.loadRes(detections), iouType="bbox")
-        reference.evaluate()
-        reference.accumulate()
-        reference.summarize()
+    reference = _cocoeval(truth, detections, "bbox")
     assert metrics["iou_type"] == "bbox"
-    assert [metrics["coco"][name] for name in ev.COCO_STATS] == pytest.approx(
-        [None if s < 0 else s for s in reference.stats], abs=1e-12
-    )
+    assert [metrics["coco"][name] for name in ev.COCO_STATS] == pytest.approx(_stats(reference), abs=1e-12)
     assert 0 < metrics["coco"]["map"] < metrics["coco"]["ap50"] < 1  # misses and false alarms cost
     precision = reference.eval["precision"]
     for k, label in enumerate(labels):
@@ -687,17 +695,9 @@ def test_polygons_are_evaluated_as_masks_by_cocoeval() -> None:
         {"image_id": 1, "category_id": 1, "score": r["score"], "segmentation": rle(r["geometry"]["points"])}
         for r in (shifted, far)
     ]
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = truth
-        gt.createIndex()
-        reference = COCOeval(gt, gt.loadRes(results), iouType="segm")
-        reference.evaluate()
-        reference.accumulate()
-        reference.summarize()
     assert got["iou_type"] == "segm"
     assert [got["coco"][name] for name in ev.COCO_STATS] == pytest.approx(
-        [None if s < 0 else s for s in reference.stats], abs=1e-12
+        _stats(_cocoeval(truth, results, "segm")), abs=1e-12
     )
     assert (got["tp"], got["fp"], got["fn"]) == (1, 1, 1)
     assert np.isclose(got["precision"], 0.5) and np.isclose(got["recall"], 0.5)

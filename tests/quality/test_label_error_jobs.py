@@ -4,15 +4,14 @@ flipped labels, and a detector's disagreements with box annotations."""
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import Any
 
 import numpy as np
 import pytest
 from django.db.models import Count
-from PIL import Image
 from sklearn.datasets import load_digits
 
+from bench.quality import digit_png
 from labeling.models import Annotation, Assignment, MLModel, ModelVersion, Prediction, Task
 from quality.models import Finding
 from storage.objects import object_store
@@ -23,15 +22,6 @@ from tests.labeling.conftest import API, SPEC, publish, run
 pytestmark = pytest.mark.django_db
 
 DIGITS = {"classes": [{"name": str(d), "color": "#000000", "tools": ["classification"]} for d in range(10)]}
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    image = Image.fromarray((pixels * 255 / 16).astype(np.uint8), mode="L").resize(
-        (32, 32), Image.Resampling.NEAREST
-    )
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 def _settle(world: World, task: Task, regions: list[dict[str, Any]]) -> Annotation:
@@ -84,7 +74,7 @@ def test_confident_learning_finds_flipped_labels_among_real_digit_images(
     n = 600
     rng = np.random.default_rng(3)
     flipped = set(rng.choice(n, size=n // 10, replace=False).tolist())
-    tasks = _project_of_images(world, [_png(digits.images[i]) for i in range(n)], DIGITS)
+    tasks = _project_of_images(world, [digit_png(digits.images[i]) for i in range(n)], DIGITS)
     given = {}
     for index, task in enumerate(tasks):
         truth = int(digits.target[index])
@@ -117,7 +107,7 @@ def test_confident_learning_finds_flipped_labels_among_real_digit_images(
 def test_a_detector_s_disagreements_with_the_boxes_become_scored_findings(
     world: World, objects_dir: Any
 ) -> None:
-    (task,) = _project_of_images(world, [_png(np.zeros((8, 8)))], SPEC)
+    (task,) = _project_of_images(world, [digit_png(np.zeros((8, 8)))], SPEC)
     annotation = _settle(
         world,
         task,

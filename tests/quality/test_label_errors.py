@@ -13,12 +13,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from labeling.inference.features import pixel_vector
 from quality.metrics.label_errors import (
     classification_label_issues,
     detection_disagreements,
     find_label_issues,
     out_of_sample_probabilities,
-    pixel_features,
 )
 
 # cleanlab warns about every class it may not prune for having too few examples; expected here.
@@ -149,7 +149,8 @@ def test_it_refuses_malformed_input() -> None:
 def test_digits_with_ten_percent_flipped_labels_are_found() -> None:
     digits = load_digits()  # 1,797 real 8x8 scans, shipped with scikit-learn
     labels, where = flipped(digits.target, 0.10, 10, seed=0)
-    issues = classification_label_issues(pixel_features(list(digits.images), size=8), labels.tolist())
+    features = np.stack([pixel_vector(image) for image in digits.images])  # the 8x8 scans as they are
+    issues = classification_label_issues(features, labels.tolist())
     found, flips = {issue.index for issue in issues}, set(where.tolist())
     precision = len(found & flips) / len(found)
     recall = len(found & flips) / len(flips)
@@ -239,38 +240,6 @@ def test_classification_issues_name_labels_and_rank_by_score() -> None:
     scores = [issue.score for issue in issues]
     assert scores == sorted(scores, reverse=True)
     assert all(0.0 <= s <= 1.0 for s in scores)
-
-
-# Pixel features
-
-
-def test_pixel_features_average_areas_and_ignore_exposure() -> None:
-    blocks = np.kron(np.array([[0.0, 1.0], [2.0, 3.0]]), np.ones((2, 2)))  # 4x4, four flat blocks
-    expected = np.array([0.0, 1.0, 2.0, 3.0])
-    expected = (expected - expected.mean()) / expected.std()
-    np.testing.assert_allclose(pixel_features([blocks], size=2)[0], expected)
-    np.testing.assert_allclose(pixel_features([blocks * 3 + 50], size=2)[0], expected)
-    # Enlarging repeats pixels; colour channels are averaged.
-    small = np.array([[0.0, 1.0], [2.0, 3.0]])
-    np.testing.assert_allclose(pixel_features([small], size=4), pixel_features([blocks], size=4))
-    np.testing.assert_allclose(pixel_features([np.stack([blocks] * 3, axis=2)], size=2)[0], expected)
-
-
-def test_pixel_features_take_any_size_to_the_same_length() -> None:
-    rng = np.random.default_rng(0)
-    images: list[np.ndarray] = [
-        rng.random((7, 13)),
-        rng.integers(0, 255, (64, 48)).astype(np.uint8),
-        np.ones((3, 3)),
-    ]
-    out = pixel_features(images, size=5)
-    assert out.shape == (3, 25)
-    assert np.isfinite(out).all()
-    assert (out[2] == 0).all()  # a flat image carries nothing
-    with pytest.raises(ValueError, match="2-D"):
-        pixel_features([np.zeros(5)])
-    with pytest.raises(ValueError, match="at least 1"):
-        pixel_features([np.zeros((2, 2))], size=0)
 
 
 # Detection disagreements
