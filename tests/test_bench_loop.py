@@ -1,11 +1,9 @@
-"""The model-loop benchmark (`python -m bench loop`): its texts, its arithmetic, a tiny loop run in
-the test database, and the whole scenario at its small scale in a process of its own."""
+"""The model-loop benchmark (`python -m bench loop`): its texts, its arithmetic, and a tiny loop run
+in the test database. Whether the loop meets its goal is the benchmark's to show, not a test's;
+the isolated world it runs in is exercised through the export scenario's test."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,10 +12,7 @@ import pytest
 
 from bench import loop as bench
 from bench.isolated import no_job_messages
-from config.env import parse_database_url
 from tests.labeling.conftest import objects_dir  # noqa: F401  (the local object store fixture)
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_texts_are_distinct_balanced_and_the_same_every_run() -> None:
@@ -58,28 +53,3 @@ def test_a_tiny_loop_runs_every_step_and_its_figures_agree(objects_dir: Any, tmp
     assert trained[0] < trained[1] < trained[2] < 40 + 16 + 16
     assert figures["loop_time_saved_pct"] == figures["loop_round3_saved_pct"]
     assert figures["loop_round3_accuracy"] > 100 / 8  # better than a guess among 8 topics
-
-
-@pytest.mark.slow
-def test_the_scenario_meets_its_goal_at_its_small_scale(tmp_path: Path) -> None:
-    base = os.environ.get("DATABASE_URL")
-    name = f"{parse_database_url(base).name}_bench_loop_test" if base else "loupe_bench_loop_test"
-    env = {**os.environ, "LOUPE_BENCH_DB": name[:63], "TMPDIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "loop", "--scale", "small"], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    figures = {}
-    for line in done.stdout.splitlines():
-        figure, value, unit = line.split()
-        figures[figure] = (float(value), unit)
-    assert figures["loop_round0_units"] == (3 * 60, "units")
-    for n in (1, 2, 3):
-        assert (
-            0 < figures[f"loop_round{n}_accuracy"][0] <= 100 and figures[f"loop_round{n}_accuracy"][1] == "%"
-        )
-    saved = figures["loop_time_saved_pct"][0]
-    assert saved >= bench.TIME_SAVED_GOAL_PCT
-    assert figures["loop_time_saved_goal_ratio"][0] == pytest.approx(int(100 * saved / 30) / 100, abs=0.011)
-    assert "machine_loop_ms" in figures
