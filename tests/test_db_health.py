@@ -1,16 +1,23 @@
-"""Connection health checks (config/postgresql): a connection idle past FRESH_S is checked and
-replaced when it died; one that answered a request just before is used without the extra round
-trip. A real PostgreSQL backend is terminated to kill a connection."""
+"""The project's PostgreSQL backend (config/postgresql).
+
+Health checks: a connection idle past FRESH_S is checked and replaced when it died; one that
+answered a request just before is used without the extra round trip. A real PostgreSQL backend is
+terminated to kill a connection. Server-side cursors: one closed by the garbage collector while
+its connection is busy never waits on the connection's own lock."""
 
 from __future__ import annotations
 
+import gc
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import OperationalError, connection, connections
 
 from config.postgresql.base import FRESH_S
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -69,3 +76,40 @@ def test_a_connection_that_just_answered_is_used_without_a_check(worker_connecti
 def test_the_project_database_uses_this_backend() -> None:
     assert connection.settings_dict["ENGINE"] == "config.postgresql"
     assert connection.settings_dict["CONN_HEALTH_CHECKS"] is True
+
+
+def _open_cursors() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_cursors WHERE name LIKE '_django_curs_%%'")
+        return int(cursor.fetchone()[0])
+
+
+def test_an_iterator_the_collector_closes_mid_statement_does_not_wait_on_its_own_connection() -> None:
+    UserFactory.create_batch(3)
+    rows = User.objects.values_list("id", flat=True).iterator(chunk_size=1)
+    assert next(rows)  # the server-side cursor is open, its generator suspended
+    cycle: dict[str, Any] = {"rows": rows}
+    cycle["cycle"] = cycle  # as an exception's traceback would hold it: only the collector frees it
+    del rows, cycle
+    assert _open_cursors() == 1
+
+    # The collector runs while the connection is in the middle of a statement (psycopg holds its
+    # lock); closing the cursor there must not wait for that lock.
+    collector = threading.Thread(target=gc.collect)
+    with connection.connection.lock:
+        collector.start()
+        collector.join(timeout=10)
+        finished = not collector.is_alive()
+    collector.join()
+    assert finished, "closing the cursor waited on the lock its own connection held"
+    assert _open_cursors() == 1  # left to PostgreSQL, which drops it with the transaction
+    assert User.objects.count() == 3  # and the connection goes on
+
+
+def test_an_iterator_closed_as_usual_closes_its_cursor_on_the_server() -> None:
+    UserFactory.create_batch(3)
+    rows = User.objects.values_list("id", flat=True).iterator(chunk_size=1)
+    assert next(rows)
+    assert _open_cursors() == 1
+    rows.close()  # type: ignore[attr-defined]
+    assert _open_cursors() == 0

@@ -19,6 +19,12 @@ The ORM keeps client-side binding (some of its SQL cannot be prepared), and
 DATABASE_PREPARED_STATEMENTS=0 turns preparing off for a transaction-pooling proxy that cannot
 keep a session's prepared statements.
 
+Server-side cursors (`QuerySet.iterator()`) that the garbage collector closes. A partly read
+iterator kept alive by a reference cycle (an exception's traceback holding its frame, say) is
+closed whenever the collector gets to it, which can be in the middle of the connection's next
+statement, on the same thread, while psycopg holds the connection's lock; closing it there would
+wait on that lock forever (psycopg/psycopg#1120). Such a cursor is only marked closed: PostgreSQL
+drops it at the end of its transaction (or of the session, for one held across transactions).
 """
 
 from __future__ import annotations
@@ -30,6 +36,23 @@ from django.db.backends.postgresql import base
 
 FRESH_S = 1.0
 PREPARE_AFTER = 2  # executions of one statement text before psycopg prepares it on a connection
+
+
+_ServerSideCursor: Any = base.ServerSideCursor  # type: ignore[attr-defined]  # psycopg 3 only
+
+
+class _NamedCursor(_ServerSideCursor):  # type: ignore[misc]
+    """Django's server-side cursor, safe to close from a finalizer that runs inside one of its own
+    connection's operations (the connection is used by one thread only, so a lock held when
+    it is closed is held by this very thread, below the collector)."""
+
+    def close(self) -> None:
+        lock = self._conn.lock
+        if not lock.acquire(blocking=False):
+            self._close()  # psycopg's bookkeeping only: no statement is sent
+            return
+        lock.release()
+        super().close()
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -56,6 +79,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
             else:
                 raw = base.ServerBindingCursor(self.connection)  # type: ignore[call-arg]
             return self._prepare_cursor(raw)  # type: ignore[attr-defined]
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        cursor = super().create_cursor(name)
+        if type(cursor) is _ServerSideCursor:
+            cursor.__class__ = _NamedCursor  # the same cursor, with a close that cannot self-deadlock
+        return cursor
 
     def close_if_unusable_or_obsolete(self) -> None:
         # Django calls this as each request (or Celery task) starts and ends. At the end of one
