@@ -457,7 +457,13 @@ def _measure(evaluation: Evaluation) -> dict[str, Any]:
     """Every item's truth against the version's prediction: the metrics and what they cover."""
     version = version_by_id(evaluation.model_version_id)
     examples = list(_examples(evaluation))
-    outcome = evaluate(examples, threshold=evaluation.threshold, model_outputs=list(version.outputs))
+    schema = parsed_schema(_release_schema(evaluation.release))
+    outcome = evaluate(
+        examples,
+        threshold=evaluation.threshold,
+        model_outputs=list(version.outputs),
+        skeletons={c.name: c.keypoints for c in schema.classes.values() if c.keypoints},
+    )
     predicted = sum(e.predicted is not None for e in examples)
     return {
         "task_type": outcome.task_type,

@@ -12,6 +12,11 @@ on the kind of regions the truth holds, one family each:
   the unmatched truth region of highest IoU at or above `match_at` (IoU from
   `quality.metrics.matching.similarity_matrix`, label-aware). The precision/recall curves per
   class are COCOeval's interpolated precision at 101 recall points.
+- **keypoints**: COCO's keypoint AP and AR (OKS 0.50:0.05:0.95, medium and large objects) from
+  `COCOeval` with `iouType="keypoints"`, run per class (a class's skeleton sets its length and
+  its OKS constants), and precision, recall and F1 at the score threshold, predictions matched
+  greedily by score to the unmatched truth skeleton of the same class with the highest OKS
+  (`quality.metrics.matching.oks`) at or above `match_at`.
 - **classification**: accuracy, macro and micro F1, per-class precision, recall and F1, and the
   confusion matrix (scikit-learn), over items with exactly one class in the truth. The model's
   answer is its highest-scoring class region; an item it gave no class is answered `(none)`.
@@ -43,6 +48,7 @@ Region = Mapping[str, Any]
 DETECTION_TYPES = ("bbox", "rotated_bbox", "polygon", "mask")
 FAMILY_TYPES: dict[str, tuple[str, ...]] = {
     "detection": DETECTION_TYPES,
+    "keypoints": ("keypoints",),
     "classification": ("classification",),
     "spans": ("span",),
     "transcription": ("transcription",),
@@ -87,9 +93,14 @@ def families_of(truth_types: Iterable[str], model_outputs: Sequence[str] = ()) -
 
 
 def evaluate(
-    examples: Sequence[Example], *, threshold: float = 0.5, model_outputs: Sequence[str] = ()
+    examples: Sequence[Example],
+    *,
+    threshold: float = 0.5,
+    model_outputs: Sequence[str] = (),
+    skeletons: Mapping[str, Sequence[str]] | None = None,
 ) -> Outcome:
-    """Every family that applies, measured over the examples that have a prediction."""
+    """Every family that applies, measured over the examples that have a prediction.
+    `skeletons` names each keypoint class's keypoints, in order (from the schema)."""
     predicted = [e for e in examples if e.predicted is not None]
     types = {str(r.get("type")) for e in examples for r in e.truth}
     families = families_of(types, model_outputs)
@@ -97,6 +108,8 @@ def evaluate(
     for family in families:
         if family == "detection":
             metrics[family] = detection_metrics(predicted, threshold=threshold)
+        elif family == "keypoints":
+            metrics[family] = keypoint_metrics(predicted, threshold=threshold, skeletons=skeletons)
         elif family == "classification":
             metrics[family] = classification_metrics(predicted)
         elif family == "spans":
@@ -110,13 +123,14 @@ def summary_of(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, 
     """The headline numbers of each family, for lists that compare models at a glance."""
     heads = {
         "detection": ("map", "ap50", "ap75", "precision", "recall", "f1"),
+        "keypoints": ("map", "ap50", "ap75", "precision", "recall", "f1"),
         "classification": ("accuracy", "macro_f1", "micro_f1"),
         "spans": ("precision", "recall", "f1"),
         "transcription": ("wer", "cer"),
     }
     out: dict[str, dict[str, Any]] = {}
     for family, values in metrics.items():
-        source = {**values.get("coco", {}), **values} if family == "detection" else values
+        source = {**values.get("coco", {}), **values} if family in ("detection", "keypoints") else values
         out[family] = {name: source.get(name) for name in heads.get(family, ())}
     return out
 
@@ -258,8 +272,11 @@ def coco_inputs(
     return truth, results, labels
 
 
-def run_cocoeval(truth: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> Any:
-    """COCOeval evaluated, accumulated and summarized (its printing swallowed)."""
+def run_cocoeval(
+    truth: dict[str, Any], results: list[dict[str, Any]], iou_type: str, *, sigmas: Sequence[float] = ()
+) -> Any:
+    """COCOeval evaluated, accumulated and summarized (its printing swallowed); `sigmas` are the
+    keypoints' OKS sigmas for `iouType="keypoints"` (COCO's person sigmas otherwise)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -274,6 +291,8 @@ def run_cocoeval(truth: dict[str, Any], results: list[dict[str, Any]], iou_type:
             dt.dataset = {"images": truth["images"], "categories": truth["categories"], "annotations": []}
             dt.createIndex()
         evaluation = COCOeval(gt, dt, iouType=iou_type)
+        if len(sigmas):
+            evaluation.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=float)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
@@ -357,9 +376,6 @@ def detection_metrics(
             recall=r,
             f1=_f1(p, r),
         )
-    all_tp, all_fp, all_fn = sum(tp.values()), sum(fp.values()), sum(fn.values())
-    precision_at = _ratio(all_tp, all_tp + all_fp)
-    recall_at = _ratio(all_tp, all_tp + all_fn)
     return {
         "iou_type": iou_type,
         "images": len(examples),
@@ -368,21 +384,215 @@ def detection_metrics(
         "coco": coco,
         "threshold": threshold,
         "match_at": match_at,
-        "tp": all_tp,
-        "fp": all_fp,
-        "fn": all_fn,
-        "precision": precision_at,
-        "recall": recall_at,
-        "f1": _f1(precision_at, recall_at),
+        **_at_threshold(tp, fp, fn),
         "per_class": per_class,
         # COCOeval's interpolated precision at IoU 0.5, area all, 100 detections per image.
         "pr_curves": {"recall": recall_points, "precision": curves},
     }
 
 
+def _at_threshold(tp: Counter[str], fp: Counter[str], fn: Counter[str]) -> dict[str, Any]:
+    """Matches, false alarms and misses over every class, with the precision, recall and F1."""
+    all_tp, all_fp, all_fn = sum(tp.values()), sum(fp.values()), sum(fn.values())
+    precision, recall = _ratio(all_tp, all_tp + all_fp), _ratio(all_tp, all_tp + all_fn)
+    return {
+        "tp": all_tp,
+        "fp": all_fp,
+        "fn": all_fn,
+        "precision": precision,
+        "recall": recall,
+        "f1": _f1(precision, recall),
+    }
+
+
 def _mean_valid(values: np.ndarray) -> float | None:
     valid = values[values > -1]
     return float(valid.mean()) if valid.size else None
+
+
+# --- Keypoints -----------------------------------------------------------------------------------
+
+# COCO's person skeleton and its per-keypoint OKS sigmas (how far annotators of the COCO dataset
+# disagreed on each point, relative to the person's size): a schema class with exactly these
+# keypoints is measured as COCO measures people; any other skeleton takes the uniform constant
+# quality's agreement uses (`matching.KEYPOINT_K`, COCO's 2 sigma, so sigma 0.05).
+COCO_PERSON_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+COCO_PERSON_SIGMAS = (
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107,
+    0.087, 0.087, 0.089, 0.089,
+)  # fmt: skip
+KEYPOINT_STATS = (
+    "map",
+    "ap50",
+    "ap75",
+    "ap_medium",
+    "ap_large",
+    "ar",
+    "ar50",
+    "ar75",
+    "ar_medium",
+    "ar_large",
+)
+
+
+def keypoint_sigmas(names: Sequence[str] | None, count: int) -> tuple[str, list[float]]:
+    """("coco_person" | "uniform", the OKS sigma of each of a skeleton's `count` keypoints)."""
+    from quality.metrics.matching import KEYPOINT_K
+
+    normal = tuple(str(n).strip().lower().replace(" ", "_").replace("-", "_") for n in names or ())
+    if normal == COCO_PERSON_KEYPOINTS and count == len(COCO_PERSON_SIGMAS):
+        return "coco_person", list(COCO_PERSON_SIGMAS)
+    return "uniform", [KEYPOINT_K / 2] * count
+
+
+def _points(region: Region) -> list[list[float]]:
+    return [[float(v) for v in point[:3]] for point in _geometry(region).get("points") or []]
+
+
+def _keypoint_area(points: list[list[float]]) -> tuple[float, list[float]]:
+    """A skeleton's object area for OKS and its box: the box of its labelled points, the area
+    floored as quality's OKS floors it (one labelled point has no area; COCO would use the
+    person's segmentation, which Loupe's keypoint regions do not carry)."""
+    from quality.metrics.matching import KEYPOINT_MIN_AREA
+
+    labelled = [p for p in points if p[2] > 0]
+    if not labelled:
+        return KEYPOINT_MIN_AREA, [0.0, 0.0, 0.0, 0.0]
+    xs, ys = [p[0] for p in labelled], [p[1] for p in labelled]
+    box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    return max(box[2] * box[3], KEYPOINT_MIN_AREA), box
+
+
+def _skeleton_lengths(examples: Sequence[Example], skeletons: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Each keypoint class's number of keypoints: its skeleton's, else the most common length
+    among its truth skeletons (its predictions' when the truth has none)."""
+    truth: dict[str, Counter[int]] = {}
+    said: dict[str, Counter[int]] = {}
+    for e in examples:
+        for seen, regions in ((truth, e.truth), (said, e.predicted)):
+            for region in _of(regions, ("keypoints",)):
+                seen.setdefault(str(region.get("label")), Counter())[len(_points(region))] += 1
+    return {
+        label: len(skeletons[label])
+        if skeletons.get(label)
+        else (truth.get(label) or counts).most_common(1)[0][0]
+        for label, counts in {**said, **truth}.items()
+    }
+
+
+def keypoint_metrics(
+    examples: Sequence[Example],
+    *,
+    threshold: float = 0.5,
+    match_at: float = MATCH_AT,
+    skeletons: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """COCO keypoint AP/AR per class and over the classes, and P/R/F1 at the threshold.
+
+    A predicted skeleton whose length is not its class's is left out (`skipped_predictions`): it
+    cannot be compared point by point.
+    """
+    from quality.metrics.matching import oks
+
+    skeletons = skeletons or {}
+    lengths = _skeleton_lengths(examples, skeletons)
+    per_class: dict[str, dict[str, Any]] = {}
+    stats_by_class: dict[str, list[float | None]] = {}
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    skipped = 0
+    for label, length in sorted(lengths.items()):
+        kind, sigmas = keypoint_sigmas(skeletons.get(label), length)
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []
+        for index, example in enumerate(examples):
+            images.append(
+                {"id": index + 1, "width": int(example.width or 0), "height": int(example.height or 0)}
+            )
+            truth = [r for r in _of(example.truth, ("keypoints",)) if r.get("label") == label]
+            truth = [r for r in truth if len(_points(r)) == length and any(p[2] > 0 for p in _points(r))]
+            said = [r for r in _of(example.predicted, ("keypoints",)) if r.get("label") == label]
+            fitting = [r for r in said if len(_points(r)) == length]
+            skipped += len(said) - len(fitting)
+            for region in truth:
+                points = _points(region)
+                area, box = _keypoint_area(points)
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": index + 1, "category_id": 1, "iscrowd": 0,
+                    "keypoints": [v for p in points for v in p], "area": area, "bbox": box,
+                    "num_keypoints": sum(p[2] > 0 for p in points),
+                })  # fmt: skip
+            for region in fitting:
+                results.append({
+                    "image_id": index + 1, "category_id": 1, "score": _score(region, example.score),
+                    "keypoints": [v for p in _points(region) for v in p],
+                })  # fmt: skip
+            # Precision and recall at the threshold: greedy by score, the highest OKS first.
+            ranked = sorted(
+                (r for r in fitting if _score(r, example.score) >= threshold),
+                key=lambda r: -_score(r, example.score),
+            )
+            taken: set[int] = set()
+            for region in ranked:
+                similarity = [
+                    -1.0 if j in taken else oks(t, region, k=[2 * s for s in sigmas])
+                    for j, t in enumerate(truth)
+                ]
+                best = max(range(len(truth)), key=lambda j: similarity[j], default=-1)
+                if best >= 0 and similarity[best] >= match_at:
+                    taken.add(best)
+                    tp[label] += 1
+                else:
+                    fp[label] += 1
+            fn[label] += len(truth) - len(taken)
+        stats: list[float | None] = [None] * len(KEYPOINT_STATS)
+        if annotations:
+            truth_set = {"images": images, "annotations": annotations, "categories": [
+                {"id": 1, "name": label, "keypoints": list(skeletons.get(label) or range(length))}
+            ]}  # fmt: skip
+            evaluation = run_cocoeval(truth_set, results, "keypoints", sigmas=sigmas)
+            stats = [_clean(value) for value in evaluation.stats]
+        stats_by_class[label] = stats
+        p = _ratio(tp[label], tp[label] + fp[label])
+        r = _ratio(tp[label], tp[label] + fn[label])
+        per_class[label] = {
+            **dict(zip(("ap", "ap50", "ap75"), stats[:3], strict=True)),
+            "ar": stats[5],
+            "keypoints": length,
+            "sigmas": kind,
+            "truth": len(annotations),
+            "predicted": len(results),
+            "tp": tp[label],
+            "fp": fp[label],
+            "fn": fn[label],
+            "precision": p,
+            "recall": r,
+            "f1": _f1(p, r),
+        }
+    # Over the classes, as COCO averages its AP over categories.
+    coco = {
+        name: _mean_valid(np.array([-1.0 if s[n] is None else s[n] for s in stats_by_class.values()]))
+        if stats_by_class
+        else None
+        for n, name in enumerate(KEYPOINT_STATS)
+    }
+    return {
+        "images": len(examples),
+        "truth": sum(c["truth"] for c in per_class.values()),
+        "predicted": sum(c["predicted"] for c in per_class.values()),
+        "skipped_predictions": skipped,
+        "coco": coco,
+        "threshold": threshold,
+        "match_at": match_at,
+        **_at_threshold(tp, fp, fn),
+        "per_class": per_class,
+    }
 
 
 # --- Classification ------------------------------------------------------------------------------
@@ -476,19 +686,11 @@ def span_metrics(examples: Sequence[Example], *, threshold: float = 0.5) -> dict
         r = _ratio(tp[label], tp[label] + fn[label])
         per_label[label] = {"tp": tp[label], "fp": fp[label], "fn": fn[label], "precision": p, "recall": r,
                             "f1": _f1(p, r)}  # fmt: skip
-    all_tp, all_fp, all_fn = sum(tp.values()), sum(fp.values()), sum(fn.values())
-    precision = _ratio(all_tp, all_tp + all_fp)
-    recall = _ratio(all_tp, all_tp + all_fn)
     f1s = [v["f1"] for v in per_label.values() if v["f1"] is not None]
     return {
         "items": len(examples),
         "threshold": threshold,
-        "tp": all_tp,
-        "fp": all_fp,
-        "fn": all_fn,
-        "precision": precision,
-        "recall": recall,
-        "f1": _f1(precision, recall),
+        **_at_threshold(tp, fp, fn),
         "macro_f1": sum(f1s) / len(f1s) if f1s else None,
         "per_label": per_label,
     }

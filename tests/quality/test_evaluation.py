@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -706,8 +706,9 @@ def test_polygons_are_evaluated_as_masks_by_cocoeval() -> None:
 def test_which_families_are_measured() -> None:
     assert ev.families_of({"bbox", "classification"}, ["bbox"]) == ["detection"]
     assert ev.families_of({"bbox", "classification"}, []) == ["detection", "classification"]
-    assert ev.families_of({"keypoints"}, []) == []
-    empty = ev.evaluate([ev.Example(truth=[{"type": "keypoints"}], predicted=[])])
+    assert ev.families_of({"keypoints", "bbox"}, []) == ["detection", "keypoints"]
+    assert ev.families_of({"cuboid"}, []) == []
+    empty = ev.evaluate([ev.Example(truth=[{"type": "cuboid"}], predicted=[])])
     assert (empty.task_type, empty.metrics) == ("", {})
     # A detector that found nothing scores 0, not an error.
     nothing = ev.detection_metrics([ev.Example(truth=[box("a", "car", 1, 1)], predicted=[])])
@@ -764,3 +765,200 @@ def world_get(shop: Shop, url: str) -> dict[str, Any]:
     response = shop.world.client("manager").get(url)
     assert response.status_code == 200, response.content
     return dict(response.json())
+
+
+# --- Keypoints -----------------------------------------------------------------------------------
+
+
+Points = Sequence[tuple[float, float, int]]
+
+
+def skeleton(label: str, points: Points, score: float | None = None) -> dict[str, Any]:
+    region: dict[str, Any] = {
+        "id": f"k{len(points)}", "type": "keypoints", "label": label, "attributes": {},
+        "geometry": {"points": [list(p) for p in points]},
+    }  # fmt: skip
+    if score is not None:
+        region["score"] = score
+    return region
+
+
+def _moved(points: Points, dx: float) -> Points:
+    return [(x + dx, y, v) for x, y, v in points]
+
+
+PERSON = [(20 + 3 * i, 10 + 4 * i, 2 if i % 5 else 1) for i in range(17)]  # a 48 x 64 px person
+HAND = [(5, 5, 2), (12, 9, 2), (9, 15, 0)]  # a small hand: the area floor applies
+
+
+def _kp_reference(
+    truths: Sequence[Points],
+    guesses: Sequence[Sequence[tuple[Points, float]]],
+    sigmas: list[float],
+) -> Any:
+    """pycocotools' keypoint COCOeval on one class, the truth's area the box of its labelled
+    points floored at 32 x 32 px."""
+    truth: dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "c"}]}
+    results = []
+    for image, (points, said) in enumerate(zip(truths, guesses, strict=True), start=1):
+        truth["images"].append({"id": image, "width": 100, "height": 100})
+        labelled = [p for p in points if p[2]]
+        xs, ys = [p[0] for p in labelled], [p[1] for p in labelled]
+        w, h = max(xs) - min(xs), max(ys) - min(ys)
+        truth["annotations"].append({
+            "id": image, "image_id": image, "category_id": 1, "iscrowd": 0, "num_keypoints": len(labelled),
+            "keypoints": [float(v) for p in points for v in p], "area": max(w * h, 1024.0),
+            "bbox": [min(xs), min(ys), w, h],
+        })  # fmt: skip
+        for guess, score in said:
+            results.append({"image_id": image, "category_id": 1, "score": score,
+                            "keypoints": [float(v) for p in guess for v in p]})  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = truth
+        gt.createIndex()
+        reference = COCOeval(gt, gt.loadRes(results), iouType="keypoints")
+        reference.params.kpt_oks_sigmas = np.array(sigmas)
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    return reference
+
+
+def test_keypoints_are_measured_per_class_by_cocoeval_with_the_skeletons_sigmas() -> None:
+    from quality.metrics.matching import oks
+
+    # Per image: the person's prediction exact, a little off, further off, absent; a hand
+    # predicted with one false alarm and one skeleton of the wrong length.
+    person_guesses: list[list[tuple[Points, float]]] = [
+        [(PERSON, 0.9)], [(_moved(PERSON, 2), 0.8)], [(_moved(PERSON, 6), 0.7)], [],
+    ]  # fmt: skip
+    hand_guesses: list[list[tuple[Points, float]]] = [
+        [(HAND, 0.9), (_moved(HAND, 40), 0.6)], [(_moved(HAND, 1), 0.3)], [(_moved(HAND, 3), 0.8)], [],
+    ]  # fmt: skip
+    examples = []
+    for n in range(4):
+        said = [skeleton("person", g, s) for g, s in person_guesses[n]]
+        said += [skeleton("hand", g, s) for g, s in hand_guesses[n]]
+        if n == 3:
+            said.append(skeleton("hand", HAND[:2], 0.9))  # two points for a three-point hand
+        examples.append(
+            ev.Example(
+                truth=[skeleton("person", PERSON), skeleton("hand", HAND)],
+                predicted=said,
+                width=100,
+                height=100,
+            )
+        )
+    names = {
+        "person": [n.upper().replace("_", " ") for n in ev.COCO_PERSON_KEYPOINTS],
+        "hand": ["a", "b", "c"],
+    }
+
+    got = ev.evaluate(examples, threshold=0.5, skeletons=names)
+
+    assert (got.task_type, got.families) == ("keypoints", ["keypoints"])
+    metrics = got.metrics["keypoints"]
+    person, hand = metrics["per_class"]["person"], metrics["per_class"]["hand"]
+    assert (person["sigmas"], hand["sigmas"]) == ("coco_person", "uniform")
+    assert (person["keypoints"], hand["keypoints"]) == (17, 3)
+    assert metrics["skipped_predictions"] == 1
+    stats = {}
+    for label, truth, guesses, sigmas in (
+        ("person", PERSON, person_guesses, ev.COCO_PERSON_SIGMAS),
+        ("hand", HAND, hand_guesses, [0.05] * 3),
+    ):
+        reference = _kp_reference([truth] * 4, guesses, list(sigmas))
+        stats[label] = _stats(reference)
+        assert [metrics["per_class"][label][k] for k in ("ap", "ap50", "ap75", "ar")] == pytest.approx(
+            [stats[label][i] for i in (0, 1, 2, 5)], abs=1e-12
+        )
+    assert 0 < person["ap"] < person["ap50"] <= 1  # the moved skeletons cost at strict OKS
+    for n, name in enumerate(ev.KEYPOINT_STATS):  # over the classes, as COCO averages categories
+        values = [stats[label][n] for label in ("person", "hand") if stats[label][n] is not None]
+        assert metrics["coco"][name] == pytest.approx(sum(values) / len(values) if values else None)
+
+    # At the threshold: greedy by score against quality's OKS (constants 2 sigma), OKS >= 0.5.
+    k = {"person": [2 * s for s in ev.COCO_PERSON_SIGMAS], "hand": [0.1] * 3}
+    counts = {"tp": 0, "fp": 0, "fn": 0}
+    for n in range(4):
+        for label, truth, guesses in (("person", PERSON, person_guesses), ("hand", HAND, hand_guesses)):
+            kept = sorted((g for g in guesses[n] if g[1] >= 0.5), key=lambda g: -g[1])
+            free = True
+            for guess, _ in kept:
+                if free and oks(skeleton(label, truth), skeleton(label, guess), k=k[label]) >= 0.5:
+                    counts["tp"], free = counts["tp"] + 1, False
+                else:
+                    counts["fp"] += 1
+            counts["fn"] += int(free)
+    assert {key: metrics[key] for key in counts} == counts
+    assert metrics["precision"] == pytest.approx(counts["tp"] / (counts["tp"] + counts["fp"]))
+    assert ev.summary_of(got.metrics)["keypoints"]["map"] == metrics["coco"]["map"]
+
+
+def test_a_keypoint_class_only_the_model_knows_has_no_ap_but_its_alarms_count() -> None:
+    examples = [
+        ev.Example(
+            truth=[skeleton("hand", HAND)],
+            predicted=[skeleton("hand", HAND, 0.9), skeleton("paw", [(1, 1, 2), (3, 3, 2)], 0.9)],
+        )
+    ]
+    got = ev.keypoint_metrics(examples)
+    assert got["per_class"]["paw"]["ap"] is None and got["per_class"]["paw"]["fp"] == 1
+    assert got["per_class"]["hand"]["ap"] == pytest.approx(1.0)
+    assert got["coco"]["map"] == pytest.approx(1.0)  # the unknown class lowers no AP
+    assert (got["tp"], got["fp"], got["fn"], got["precision"]) == (1, 1, 0, 0.5)
+
+
+POSE_SPEC: dict[str, Any] = {
+    "settings": {"classification": "single", "out_of_bounds": "reject"},
+    "classes": [
+        {"name": "person", "color": "#00ff00", "tools": ["keypoints"],
+         "skeleton": {"keypoints": list(ev.COCO_PERSON_KEYPOINTS), "edges": [[0, 1], [0, 2]]}},
+        {"name": "hand", "color": "#0000ff", "tools": ["keypoints"],
+         "skeleton": {"keypoints": ["wrist", "thumb", "index"], "edges": [[0, 1], [0, 2]]}},
+    ],
+}  # fmt: skip
+
+
+def pose_truth(n: int) -> list[dict[str, Any]]:
+    person = [(4 + 2 * i, 3 + 2 * i, 2) for i in range(17)]
+    hand = [(44 + n % 3, 10, 2), (50, 14, 2), (54, 8 + n % 2, 2)]
+    return [skeleton("person", person), skeleton("hand", hand)]
+
+
+def test_a_pose_model_is_evaluated_with_the_release_schemas_skeletons(
+    world: World, objects_dir: Path
+) -> None:
+    shop = Shop(world, 6, review="none", schema=POSE_SPEC)
+    assert len(shop.label_all(lambda name: pose_truth(number(name)))) == 6
+    release = shop.cut()
+    version = register(world, "pose", task_type="keypoints", outputs=["keypoints"])
+
+    def guess(n: int) -> list[dict[str, Any]]:
+        person, hand = pose_truth(n)
+        moved = [[x + n % 4, y, v] for x, y, v in person["geometry"]["points"]]
+        return [{**person, "geometry": {"points": moved}, "score": 0.9 - n / 10}, {**hand, "score": 0.7}]
+
+    predict(shop, version, guess)
+    shown = evaluated(shop, release["id"], version)
+
+    assert (shown["task_type"], shown["counts"]["families"]) == ("keypoints", ["keypoints"])
+    metrics = shown["metrics"]["keypoints"]
+    # The person class has COCO's skeleton in the schema, so COCO's sigmas; the hand the uniform one.
+    assert metrics["per_class"]["person"]["sigmas"] == "coco_person"
+    assert metrics["per_class"]["hand"]["sigmas"] == "uniform"
+    said = dict(Prediction.objects.filter(source=version).values_list("task_id", "result"))
+    rows = release_rows(release["id"])
+    examples = [
+        ev.Example(
+            truth=row.regions, predicted=said[row.task_id], score=0.5, width=64, height=48, key=row.name
+        )
+        for row in rows
+    ]
+    skeletons = {c["name"]: c["skeleton"]["keypoints"] for c in POSE_SPEC["classes"]}
+    assert metrics == ev.keypoint_metrics(examples, threshold=0.5, skeletons=skeletons)
+    assert metrics["per_class"]["hand"]["ap"] == pytest.approx(1.0)
+    assert 0 < metrics["per_class"]["person"]["ap"] < 1  # moved by up to 3 px
+    listed = world_get(shop, f"{API}/releases/{release['id']}/evaluations")
+    assert listed["results"][0]["summary"]["keypoints"]["map"] == metrics["coco"]["map"]
