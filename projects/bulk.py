@@ -18,8 +18,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import psycopg
 from django.db import connection, models
+
+from projects.rows import prepared_cursor
 
 
 def _cell(value: Any) -> Any:
@@ -80,7 +81,7 @@ def copy_update(
             f"{connection.ops.quote_name(c)} = {v}" for c, v in zip(columns, values[1:], strict=True)
         )
         # Identifiers and types only, from model metadata, quoted: every value is a parameter.
-        with connection.wrap_database_errors, _bound_cursor() as cursor:
+        with prepared_cursor() as cursor:
             cursor.execute(f"UPDATE {table} AS t SET {assignments} FROM {source} WHERE t.id = u.id", params)  # noqa: S608
             return int(cursor.rowcount)
     assignments = ", ".join(
@@ -127,7 +128,7 @@ def insert_on_conflict(
         )
     else:
         action = "NOTHING"
-    with connection.wrap_database_errors, _bound_cursor() as cursor:
+    with prepared_cursor() as cursor:
         # Identifiers and types only, from model metadata and code: every value is a parameter.
         cursor.execute(
             f"INSERT INTO {table} ({_quoted(columns)}) SELECT {', '.join(values)} FROM {source} "  # noqa: S608
@@ -162,11 +163,3 @@ def _unnest(
 
 
 _JSON = {"json", "jsonb"}
-
-
-def _bound_cursor() -> psycopg.Cursor[Any]:
-    """A cursor on Django's connection, inside its transaction, that binds parameters on the
-    server (Django's own cursors bind them client-side, into the statement's text). Callers wrap
-    its use in `connection.wrap_database_errors`, so errors are Django's (IntegrityError…)."""
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)

@@ -69,15 +69,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def prepared_cursor(self) -> Any:
         """A cursor binding parameters on the server, whose statements are prepared once per
-        connection (a plain client-side cursor when preparing is off). Wrapped as Django wraps
-        its own, so query logging, execute wrappers and error translation still apply."""
+        connection (or never, with preparing off: binding stays on the server, which a pooling
+        proxy handles). Wrapped as Django wraps its own, so query logging, execute wrappers
+        (`rows.together`) and error translation still apply."""
         self.close_if_health_check_failed()
         self.ensure_connection()
         with self.wrap_database_errors:
-            if self.connection.prepare_threshold is None:
-                raw = self.create_cursor()
-            else:
-                raw = base.ServerBindingCursor(self.connection)  # type: ignore[call-arg]
+            raw = base.ServerBindingCursor(self.connection)  # type: ignore[call-arg]
             return self._prepare_cursor(raw)  # type: ignore[attr-defined]
 
     def create_cursor(self, name: str | None = None) -> Any:

@@ -105,3 +105,24 @@ def test_a_refused_row_is_djangos_integrity_error_and_writes_nothing() -> None:
     with pytest.raises(IntegrityError), transaction.atomic():
         insert_on_conflict(Prediction, ["task_id", "result"], [(1, [])], conflict=["task_id", "source_id"])
     assert not Prediction.objects.exists()
+
+
+def test_a_bulk_write_inside_together_comes_after_the_writes_waiting_before_it() -> None:
+    """rows.together sends its waiting writes before any other statement on the connection, bulk
+    writes included: the upsert meets the membership queued before it and leaves it alone."""
+    from projects.bulk import insert_on_conflict
+    from projects.models import Membership
+    from projects.rows import insert, together
+    from tests.factories import OrganizationFactory, UserFactory
+
+    org, user = OrganizationFactory(), UserFactory()
+    with transaction.atomic(), together():
+        insert(Membership(organization=org, user=user, role="admin"))
+        written = insert_on_conflict(
+            Membership,
+            ["organization_id", "user_id", "role", "created_at"],
+            [(org.pk, user.pk, "member", timezone.now())],
+            conflict=("organization_id", "user_id"),
+        )
+    assert written == 0
+    assert list(Membership.objects.filter(organization=org).values_list("role", flat=True)) == ["admin"]
