@@ -300,26 +300,29 @@ def run_cocoeval(
 
 
 def _greedy_counts(
-    examples: Sequence[Example], threshold: float, match_at: float
+    images: Iterable[tuple[Sequence[Region], Sequence[Region], float | None]],
+    threshold: float,
+    match_at: float,
+    similarity: Any,
 ) -> tuple[Counter[str], Counter[str], Counter[str]]:
-    """True positives, false positives and misses per class at the score threshold."""
-    from quality.metrics.matching import similarity_matrix
-
+    """True positives, false positives and misses per class at the score threshold. Per image
+    (predicted regions, truth regions, the prediction's overall score), predictions at or above
+    the threshold, highest score first, each take the unmatched truth region most similar to it
+    (`similarity(said, truth)`: a matrix, rows the predictions), if at least `match_at`."""
     tp: Counter[str] = Counter()
     fp: Counter[str] = Counter()
     fn: Counter[str] = Counter()
-    for example in examples:
-        truth = _of(example.truth, DETECTION_TYPES)
-        said = [r for r in _of(example.predicted, DETECTION_TYPES) if _score(r, example.score) >= threshold]
-        similarity = similarity_matrix(said, truth, label_aware=True)
+    for predicted, truth, score in images:
+        said = [r for r in predicted if _score(r, score) >= threshold]
+        similar = similarity(said, truth)
         taken: set[int] = set()
-        for i in sorted(range(len(said)), key=lambda i: -_score(said[i], example.score)):
+        for i in sorted(range(len(said)), key=lambda i: -_score(said[i], score)):
             label = str(said[i].get("label"))
-            best, best_iou = -1, -1.0  # the unmatched truth region it overlaps most (first on ties)
+            best, best_value = -1, -1.0  # the unmatched truth region most like it (first on ties)
             for j in range(len(truth)):
-                iou = float(similarity[i, j])
-                if j not in taken and iou >= match_at and iou > best_iou:
-                    best, best_iou = j, iou
+                value = float(similar[i][j])
+                if j not in taken and value >= match_at and value > best_value:
+                    best, best_value = j, value
             if best >= 0:
                 taken.add(best)
                 tp[label] += 1
@@ -362,7 +365,14 @@ def detection_metrics(
                 "ap75": _mean_valid(precision[5, :, k, area_all, most]),
             }
             curves[label] = [_clean(v) for v in curve]
-    tp, fp, fn = _greedy_counts(examples, threshold, match_at)
+    from quality.metrics.matching import similarity_matrix
+
+    tp, fp, fn = _greedy_counts(
+        ((_of(e.predicted, DETECTION_TYPES), _of(e.truth, DETECTION_TYPES), e.score) for e in examples),
+        threshold,
+        match_at,
+        lambda said, truth: similarity_matrix(said, truth, label_aware=True),
+    )
     truth_counts = Counter(str(r.get("label")) for e in examples for r in _of(e.truth, DETECTION_TYPES))
     for label in labels:
         p = _ratio(tp[label], tp[label] + fp[label])
@@ -453,20 +463,6 @@ def _points(region: Region) -> list[list[float]]:
     return [[float(v) for v in point[:3]] for point in _geometry(region).get("points") or []]
 
 
-def _keypoint_area(points: list[list[float]]) -> tuple[float, list[float]]:
-    """A skeleton's object area for OKS and its box: the box of its labelled points, the area
-    floored as quality's OKS floors it (one labelled point has no area; COCO would use the
-    person's segmentation, which Loupe's keypoint regions do not carry)."""
-    from quality.metrics.matching import KEYPOINT_MIN_AREA
-
-    labelled = [p for p in points if p[2] > 0]
-    if not labelled:
-        return KEYPOINT_MIN_AREA, [0.0, 0.0, 0.0, 0.0]
-    xs, ys = [p[0] for p in labelled], [p[1] for p in labelled]
-    box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-    return max(box[2] * box[3], KEYPOINT_MIN_AREA), box
-
-
 def _skeleton_lengths(examples: Sequence[Example], skeletons: Mapping[str, Sequence[str]]) -> dict[str, int]:
     """Each keypoint class's number of keypoints: its skeleton's, else the most common length
     among its truth skeletons (its predictions' when the truth has none)."""
@@ -496,7 +492,7 @@ def keypoint_metrics(
     A predicted skeleton whose length is not its class's is left out (`skipped_predictions`): it
     cannot be compared point by point.
     """
-    from quality.metrics.matching import oks
+    from quality.metrics.matching import keypoint_area, oks
 
     skeletons = skeletons or {}
     lengths = _skeleton_lengths(examples, skeletons)
@@ -511,6 +507,7 @@ def keypoint_metrics(
         images: list[dict[str, Any]] = []
         annotations: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []
+        pairs: list[tuple[list[Region], list[Region], float | None]] = []
         for index, example in enumerate(examples):
             images.append(
                 {"id": index + 1, "width": int(example.width or 0), "height": int(example.height or 0)}
@@ -522,35 +519,29 @@ def keypoint_metrics(
             skipped += len(said) - len(fitting)
             for region in truth:
                 points = _points(region)
-                area, box = _keypoint_area(points)
+                # The object's area as quality's OKS takes it (the labelled points' box, floored:
+                # keypoint regions carry no outline); COCOeval reads the box only for a skeleton
+                # with no point labelled, which is left out above.
                 annotations.append({
                     "id": len(annotations) + 1, "image_id": index + 1, "category_id": 1, "iscrowd": 0,
-                    "keypoints": [v for p in points for v in p], "area": area, "bbox": box,
-                    "num_keypoints": sum(p[2] > 0 for p in points),
+                    "keypoints": [v for p in points for v in p], "bbox": [0.0, 0.0, 0.0, 0.0],
+                    "area": keypoint_area(np.asarray(points)), "num_keypoints": sum(p[2] > 0 for p in points),
                 })  # fmt: skip
             for region in fitting:
                 results.append({
                     "image_id": index + 1, "category_id": 1, "score": _score(region, example.score),
                     "keypoints": [v for p in _points(region) for v in p],
                 })  # fmt: skip
-            # Precision and recall at the threshold: greedy by score, the highest OKS first.
-            ranked = sorted(
-                (r for r in fitting if _score(r, example.score) >= threshold),
-                key=lambda r: -_score(r, example.score),
-            )
-            taken: set[int] = set()
-            for region in ranked:
-                similarity = [
-                    -1.0 if j in taken else oks(t, region, k=[2 * s for s in sigmas])
-                    for j, t in enumerate(truth)
-                ]
-                best = max(range(len(truth)), key=lambda j: similarity[j], default=-1)
-                if best >= 0 and similarity[best] >= match_at:
-                    taken.add(best)
-                    tp[label] += 1
-                else:
-                    fp[label] += 1
-            fn[label] += len(truth) - len(taken)
+            pairs.append((fitting, truth, example.score))
+        k = [2 * s for s in sigmas]  # quality's OKS constants are COCO's 2 sigma
+        found = _greedy_counts(
+            pairs,
+            threshold,
+            match_at,
+            lambda said, truth, k=k: [[oks(t, r, k=k) for t in truth] for r in said],
+        )
+        for total, counts in zip((tp, fp, fn), found, strict=True):
+            total.update(counts)
         stats: list[float | None] = [None] * len(KEYPOINT_STATS)
         if annotations:
             truth_set = {"images": images, "annotations": annotations, "categories": [

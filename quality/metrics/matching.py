@@ -414,7 +414,8 @@ def _keypoints(region: Region) -> np.ndarray:
     return np.asarray(points, dtype=float).reshape(-1, 3)
 
 
-def _keypoint_area(points: np.ndarray, min_area: float) -> float:
+def keypoint_area(points: np.ndarray, min_area: float = KEYPOINT_MIN_AREA) -> float:
+    """A skeleton's object area for OKS: the box of its labelled points (rows x, y, v), floored."""
     labelled = points[points[:, 2] > 0, :2]
     if len(labelled) == 0:
         return min_area
@@ -434,9 +435,9 @@ def _oks(a: Region, b: Region, k: Sequence[float] | None, min_area: float, *, sy
     both = (p[:, 2] > 0) & (q[:, 2] > 0)
     if not both.any():
         return 0.0
-    area = _keypoint_area(p, min_area)
+    area = keypoint_area(p, min_area)
     if symmetric:
-        area = (area + _keypoint_area(q, min_area)) / 2
+        area = (area + keypoint_area(q, min_area)) / 2
     d2 = ((p[both, :2] - q[both, :2]) ** 2).sum(axis=1)
     return float(np.exp(-d2 / (2 * area * constants[both] ** 2)).mean())
 
