@@ -268,6 +268,27 @@ def _locked_assignment(assignment_id: int) -> Assignment:
     return found[0]
 
 
+# The task row is locked first (by the materialized CTE, which the join has to read before the
+# outer lock can take the assignment), in the order every service locks them: a submit or a
+# draft's first save inserts an annotation, which takes a key lock on the task row, so taking the
+# assignment first could deadlock. Both rows come back as they are after any lock wait.
+_LOCKED_PAIR_SQL = (
+    f"WITH t AS MATERIALIZED (SELECT {_TASK.sql} FROM labeling_task t WHERE t.id = %s FOR UPDATE)"  # noqa: S608
+    f" SELECT {_TASK.sql}, {_ASSIGNMENT.sql} FROM t JOIN labeling_assignment a ON a.task_id = t.id"
+    " WHERE a.id = %s FOR UPDATE OF a"
+)
+
+
+def _locked_pair(task_id: int, assignment_id: int, project: Project) -> tuple[Task, Assignment]:
+    """Lock a task of `project` and one of its assignments, task first, in one statement."""
+    found = fetch_one(_LOCKED_PAIR_SQL, [task_id, assignment_id], _TASK, _ASSIGNMENT)
+    if found is None:
+        raise Assignment.DoesNotExist(f"assignment {assignment_id} of task {task_id}")
+    task, assignment = found
+    task.project = project
+    return task, assignment
+
+
 def _save_task(task: Task) -> None:
     """Write what the services change on a locked task: its state, counters and review lease."""
     update(
@@ -535,10 +556,7 @@ def assignment_draft(
     schema = require_schema_id(access.project.pk, schema_id)
     _check_prediction(found.task_id, from_prediction_id)
     with transaction.atomic():
-        # The task first, like a submit: a draft's first save inserts an annotation, which takes a
-        # key lock on the task row, so locking the assignment first could deadlock with a submit.
-        _locked_task(found.task_id, access.project)
-        assignment = _locked_assignment(found.pk)
+        _, assignment = _locked_pair(found.task_id, found.pk, access.project)
         _check_lease(assignment, lease_id)
         if assignment.state not in (AssignmentState.ACTIVE, AssignmentState.EXPIRED):
             # Submitted, skipped, released or withdrawn: an autosave arriving late changes nothing.
@@ -624,8 +642,7 @@ def assignment_submit(
         hooks.Submitted(access.project, found.task, actor.pk, regions, parsed_schema(schema), facts)
     )
     with transaction.atomic():
-        task = _locked_task(found.task_id, access.project)
-        assignment = _locked_assignment(found.pk)
+        task, assignment = _locked_pair(found.task_id, found.pk, access.project)
         _check_lease(assignment, lease_id)
         if assignment.state == AssignmentState.SUBMITTED and assignment.annotation_id is not None:
             return Annotation.objects.get(id=assignment.annotation_id), False
@@ -705,7 +722,8 @@ def _submit(
     record_prediction_outcome(annotation, save=False)
     annotation.version += 1
     # The annotation, its revision, the assignment, the task and its audit entries go as one
-    # statement (two when the task is complete: quality reads the annotations first).
+    # statement (two when the task is complete: quality reads the annotations first, and what it
+    # records goes with the second).
     with together():
         if annotation.pk is None:
             insert(annotation)
@@ -742,8 +760,7 @@ def assignment_give_back(
     access.require(ProjectAction.ANNOTATE)
     found, _ = _own_assignment(actor, access, assignment_id)
     with transaction.atomic():
-        task = _locked_task(found.task_id, access.project)
-        assignment = _locked_assignment(found.pk)
+        task, assignment = _locked_pair(found.task_id, found.pk, access.project)
         _check_lease(assignment, lease_id)
         if assignment.state != AssignmentState.ACTIVE:
             raise LeaseInvalid(assignment_id=assignment.pk, state=assignment.state)
