@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import connection, models
 
-from projects.rows import prepared_cursor
+from projects.rows import prepared_cursor, write
 
 
 def _cell(value: Any) -> Any:
@@ -111,12 +111,17 @@ def insert_on_conflict(
     conflict: Sequence[str],
     update: Sequence[str] = (),
     update_sql: Sequence[str] = (),
+    counted: bool = True,
 ) -> int:
     """Insert rows (values in `columns` order) in one statement; a row that would break the
     unique `conflict` columns is skipped, or, with `update`, sets those columns of the row it
     meets. `update_sql` adds assignments written in SQL by the caller (constant text, reading
     the row met by its table name and the new one as EXCLUDED). Returns how many rows were
-    inserted or updated. For batches up to a few thousand."""
+    inserted or updated. For batches up to a few thousand.
+
+    Not `counted`, the statement is a `rows.write`: inside `rows.together()` it waits and goes
+    with the block's other writes (a submit's quality records ride along with it), and 0 is
+    returned, as nobody reads the count."""
     if not rows:
         return 0
     table = connection.ops.quote_name(model._meta.db_table)
@@ -128,13 +133,16 @@ def insert_on_conflict(
         )
     else:
         action = "NOTHING"
+    # Identifiers and types only, from model metadata and code: every value is a parameter.
+    sql = (
+        f"INSERT INTO {table} ({_quoted(columns)}) SELECT {', '.join(values)} FROM {source} "  # noqa: S608
+        f"ON CONFLICT ({_quoted(conflict)}) DO {action}"
+    )
+    if not counted:
+        write(sql, params)
+        return 0
     with prepared_cursor() as cursor:
-        # Identifiers and types only, from model metadata and code: every value is a parameter.
-        cursor.execute(
-            f"INSERT INTO {table} ({_quoted(columns)}) SELECT {', '.join(values)} FROM {source} "  # noqa: S608
-            f"ON CONFLICT ({_quoted(conflict)}) DO {action}",
-            params,
-        )
+        cursor.execute(sql, params)
         return int(cursor.rowcount)
 
 

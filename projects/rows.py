@@ -5,8 +5,9 @@ A `Columns` names one model's columns under a table alias for the SELECT list an
 of a result row back into an instance with the field converters applied (JSON, UUID…), as the
 ORM would. `fetch_one` runs a statement and splits its row across several models; extra
 columns after the models' come back as they are. `insert` and `update` write an instance the way
-`save()` does, with statement text built once per model instead of compiled on every call.
-All of them run through `prepared_cursor()`, whose statements PostgreSQL plans once per connection.
+`save()` does, with statement text built once per model instead of compiled on every call;
+`write` runs a hand-written write (a bulk upsert) whose result nobody reads. All of them run
+through `prepared_cursor()`, whose statements PostgreSQL plans once per connection.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def update(instance: Model, attnames: Sequence[str]) -> None:
 
 @dataclass
 class _Write:
-    instance: Model
+    instance: Model | None  # None for a statement written by hand (`write`)
     sql: str  # the statement with its values' placeholders replaced
     params: list[Any]
     insert: bool
@@ -144,7 +145,10 @@ class _Batch:
         if not insert and instance.pk is None:
             raise ValueError(f"cannot update an unsaved {type(instance).__name__}")
         if not insert and any(
-            not w.insert and type(w.instance) is type(instance) and w.instance.pk == instance.pk
+            not w.insert
+            and w.instance is not None
+            and type(w.instance) is type(instance)
+            and w.instance.pk == instance.pk
             for w in self.writes
         ):
             # One statement may not change a row twice (PostgreSQL would keep either change).
@@ -172,8 +176,8 @@ class _Batch:
         related = f.get_cached_value(instance)
         if related is None or related.pk is not None:
             return None
-        for n, write in enumerate(self.writes):
-            if write.insert and write.instance is related:
+        for n, queued in enumerate(self.writes):
+            if queued.insert and queued.instance is related:
                 return n
         raise ValueError(f"{f.name} points to an unsaved {type(related).__name__} not inserted here")
 
@@ -205,11 +209,24 @@ class _Batch:
             self.flushing = False
         for n, pk in zip(inserts, row or (), strict=True):
             instance = writes[n].instance
+            assert instance is not None  # only model inserts return a key
             instance.pk = pk
             instance._state.adding, instance._state.db = False, connection.alias
-        for write in writes:
-            for f, target in write.refers:
-                setattr(write.instance, f.attname, writes[target].instance.pk)
+        for sent in writes:
+            for f, target in sent.refers:
+                setattr(sent.instance, f.attname, writes[target].instance.pk)  # type: ignore[union-attr]
+
+
+def write(sql: str, params: Sequence[Any]) -> None:
+    """Run a hand-written write whose result nobody reads (a bulk upsert, say). Inside
+    `together()` it waits and goes with the block's other writes, so it must not change a row
+    that another write of the block changes; outside it runs at once."""
+    batch = _batch.get()
+    if batch is not None:
+        batch.writes.append(_Write(None, sql, list(params), insert=False, refers=[]))
+        return
+    with prepared_cursor() as db:
+        db.execute(sql, params)
 
 
 def _with_marks(sql: str, marks: list[str]) -> str:
@@ -228,7 +245,8 @@ _batch: ContextVar[_Batch | None] = ContextVar("rows_batch", default=None)
 
 @contextmanager
 def together() -> Iterator[None]:
-    """Send the inserts and updates of this block as one statement (data-modifying WITH clauses),
+    """Send the inserts, updates and `write`s of this block as one statement (data-modifying WITH
+    clauses),
     sparing a round trip per write on the hot paths (the queue's `next` and `submit` write three
     to five rows each).
 

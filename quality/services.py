@@ -118,8 +118,9 @@ _REFOUND = (
 )
 
 
-def findings_record(project_id: int, found: Sequence[NewFinding], *, job: Job | None = None) -> int:
-    """Insert findings, or refresh the ones already recorded (same key). Returns rows written."""
+def findings_record(project_id: int, found: Sequence[NewFinding], *, job: Job | None = None) -> None:
+    """Insert findings, or refresh the ones already recorded (same key); inside
+    `rows.together()` with the block's other writes."""
     now = timezone.now()
     rows = [
         (
@@ -144,8 +145,8 @@ def findings_record(project_id: int, found: Sequence[NewFinding], *, job: Job | 
         )
         for f in {f.key: f for f in found}.values()
     ]
-    return insert_on_conflict(
-        Finding, _FINDING_COLUMNS, rows, conflict=("project_id", "key"), update_sql=_REFOUND
+    insert_on_conflict(
+        Finding, _FINDING_COLUMNS, rows, conflict=("project_id", "key"), update_sql=_REFOUND, counted=False
     )
 
 
@@ -491,7 +492,7 @@ def assessments_record(project_id: int, found: Sequence[Assessment], method: str
         for a in found
     ]
     insert_on_conflict(
-        TaskQuality, _QUALITY_COLUMNS, rows, conflict=("task_id",), update=_QUALITY_COLUMNS[2:]
+        TaskQuality, _QUALITY_COLUMNS, rows, conflict=("task_id",), update=_QUALITY_COLUMNS[2:], counted=False
     )
 
 

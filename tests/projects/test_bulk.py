@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import transaction
 from django.utils import timezone
@@ -126,3 +128,41 @@ def test_a_bulk_write_inside_together_comes_after_the_writes_waiting_before_it()
         )
     assert written == 0
     assert list(Membership.objects.filter(organization=org).values_list("role", flat=True)) == ["admin"]
+
+
+def test_an_uncounted_upsert_inside_together_goes_in_the_blocks_statement(
+    django_assert_num_queries: Any,
+) -> None:
+    """An upsert not counted waits with the writes of a rows.together block and is sent with them,
+    as one statement (how a submit's quality records ride along with it); outside a block it runs
+    at once."""
+    from projects.bulk import insert_on_conflict
+    from projects.models import Membership
+    from projects.rows import insert, together
+    from tests.factories import OrganizationFactory, UserFactory
+
+    org, admin, member, other = OrganizationFactory(), UserFactory(), UserFactory(), UserFactory()
+    columns = ["organization_id", "user_id", "role", "created_at"]
+    with transaction.atomic():
+        with django_assert_num_queries(1), together():
+            insert(Membership(organization=org, user=admin, role="admin"))
+            insert_on_conflict(
+                Membership,
+                columns,
+                [(org.pk, member.pk, "member", timezone.now())],
+                conflict=("organization_id", "user_id"),
+                counted=False,
+            )
+        roles = dict(Membership.objects.filter(organization=org).values_list("user_id", "role"))
+        assert roles == {admin.pk: "admin", member.pk: "member"}
+        written = insert_on_conflict(
+            Membership,
+            columns,
+            [(org.pk, member.pk, "reviewer", timezone.now()), (org.pk, other.pk, "member", timezone.now())],
+            conflict=("organization_id", "user_id"),
+            update=["role"],
+            counted=False,
+        )
+        assert written == 0  # outside a block it ran at once, uncounted
+    roles = dict(Membership.objects.filter(organization=org).values_list("user_id", "role"))
+    assert roles == {admin.pk: "admin", member.pk: "reviewer", other.pk: "member"}

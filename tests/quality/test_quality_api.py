@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from PIL import Image
 
@@ -221,7 +222,18 @@ def test_annotators_who_disagree_send_the_task_to_review_and_those_who_agree_fin
         agree = index % 2 == 0
         floor.submit(first, a, [box("x", "truck", 10, 10)])
         theirs = box("y", "truck", 11, 10) if agree else box("y", "car", 300, 200, occluded=False)
-        assert floor.submit(second, b, [theirs]).status_code == 201
+        sent: list[str] = []
+
+        def record(execute: Any, sql: str, *rest: Any, sent: list[str] = sent) -> Any:
+            sent.append(sql)
+            return execute(sql, *rest)
+
+        with connection.execute_wrapper(record):
+            assert floor.submit(second, b, [theirs]).status_code == 201
+        # What quality records goes in the statement that saves the task, not in its own.
+        writes = [sql for sql in sent if "quality_taskquality" in sql or "quality_finding" in sql]
+        assert len(writes) == 1 and "UPDATE labeling_task" in writes[0]
+        assert ('"quality_finding"' in writes[0]) is not agree
     states = dict(Task.objects.filter(project=floor.world.project).values_list("id", "state"))
     quality = {q.task_id: q for q in TaskQuality.objects.filter(project=floor.world.project)}
     assert len(quality) == 6
