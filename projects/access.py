@@ -9,14 +9,16 @@ permission tests iterate over it. Rules of visibility:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from django.contrib.auth.models import User
 
 from projects.exceptions import NotFound, PermissionDenied
 from projects.models import Membership, Organization, OrgRole, Project, ProjectMember, ProjectRole
-from projects.rows import Columns, fetch_one
+from projects.rows import Columns, prepared_cursor
 
 ORG_ADMIN = "org_admin"  # pseudo project role of an organization's owners and admins
 
@@ -221,24 +223,69 @@ def _effective_role(member_role: str | None, org_role: str | None) -> str | None
 
 _PROJECT = Columns(Project, "p")
 _ORG = Columns(Organization, "o")
+
+
+def access_columns(user_id: str) -> str:
+    """The SELECT list a caller's access is read from: the project `p`, its organization `o` and
+    the two roles of the user whose id is the SQL expression `user_id`."""
+    return (
+        f"{_PROJECT.sql}, {_ORG.sql}"  # noqa: S608  (model metadata; `user_id` is an alias or a %s)
+        ", (SELECT m.role || CASE WHEN m.paused_at IS NULL THEN '' ELSE ':paused' END"
+        f" FROM projects_projectmember m WHERE m.project_id = p.id AND m.user_id = {user_id})"
+        ", (SELECT r.role FROM projects_membership r"
+        f" WHERE r.organization_id = p.organization_id AND r.user_id = {user_id})"
+    )
+
+
 # Every project-scoped request starts here: one statement for the project, its organization and
 # the caller's two roles, instead of three ORM queries (whose building costs more than running).
 _ACCESS_SQL = (
-    f"SELECT {_PROJECT.sql}, {_ORG.sql}"  # noqa: S608  (column names from model metadata)
-    ", (SELECT m.role || CASE WHEN m.paused_at IS NULL THEN '' ELSE ':paused' END"
-    " FROM projects_projectmember m WHERE m.project_id = p.id AND m.user_id = %s)"
-    ", (SELECT r.role FROM projects_membership r"
-    " WHERE r.organization_id = p.organization_id AND r.user_id = %s)"
+    f"SELECT {access_columns('%s')}"  # noqa: S608  (column names from model metadata)
     " FROM projects_project p JOIN projects_organization o ON o.id = p.organization_id WHERE p.id = %s"
 )
+# The same columns joined onto another statement (authentication's), for the project `%s`: NULLs
+# when it does not exist.
+ACCESS_JOIN = (
+    "LEFT JOIN (projects_project p JOIN projects_organization o ON o.id = p.organization_id) ON p.id = %s"
+)
+
+
+def _access_from(values: Sequence[Any] | None) -> ProjectAccess | None:
+    """The access that a row of `access_columns` grants; None when the caller may not see it."""
+    if values is None or values[0] is None:
+        return None
+    at = _PROJECT.width + _ORG.width
+    member_role, _, paused = (values[at] or "").partition(":")
+    role = _effective_role(member_role or None, values[at + 1])
+    if role is None:
+        return None
+    project = _PROJECT.build(values[: _PROJECT.width])
+    project.organization = _ORG.build(values[_PROJECT.width : at])
+    return ProjectAccess(project=project, role=role, paused=bool(paused))
+
+
+@dataclass(frozen=True)
+class _Preloaded:
+    project_id: int
+    access: ProjectAccess | None
+
+
+def preload_access(user: User, project_id: int, values: Sequence[Any]) -> None:
+    """Keep the caller's access to `project_id`, read in the statement that authenticated them
+    (`access_columns` there): the request's first `project_access` to that project takes it
+    instead of asking the database again. Later calls read afresh, as before."""
+    user._preloaded_access = _Preloaded(project_id, _access_from(values))  # type: ignore[attr-defined]
 
 
 def project_access(*, user: User, project_id: int) -> ProjectAccess:
     """The caller's access to a project; NotFound when the caller may not see it."""
-    found = fetch_one(_ACCESS_SQL, [user.pk, user.pk, project_id], _PROJECT, _ORG)
-    member_role, _, paused = (found[2] or "").partition(":") if found is not None else ("", "", "")
-    role = _effective_role(member_role or None, found[3]) if found is not None else None
-    if found is None or role is None:
+    preloaded = user.__dict__.pop("_preloaded_access", None)
+    if preloaded is not None and preloaded.project_id == project_id:
+        access = preloaded.access
+    else:
+        with prepared_cursor() as cursor:
+            cursor.execute(_ACCESS_SQL, [user.pk, user.pk, project_id])
+            access = _access_from(cursor.fetchone())
+    if access is None:
         raise NotFound("Project not found.", project_id=project_id)
-    project, project.organization = found[0], found[1]
-    return ProjectAccess(project=project, role=role, paused=bool(paused))
+    return access

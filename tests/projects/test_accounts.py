@@ -4,9 +4,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
-from projects.models import ApiToken, AuditEvent
+from projects.models import ApiToken, AuditEvent, ProjectMember
 from tests.conftest import World, assert_error, client_for
 from tests.factories import UserFactory
 
@@ -123,3 +124,30 @@ def test_malformed_json_is_a_400_not_a_500(world: World) -> None:
 
 def test_unknown_urls_answer_in_the_error_shape(world: World) -> None:
     assert_error(world.client("annotator").get("/api/v1/nothing-here"), 404, "not_found")
+
+
+def test_a_token_request_under_a_project_reads_the_callers_access_with_the_token(world: World) -> None:
+    """One round trip authenticates and authorizes: the caller's roles in the project named by the
+    URL come with the token, and the view asks the database nothing more about them."""
+    statements: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(str(sql))
+        return execute(sql, params, many, context)
+
+    client = world.client("annotator")
+    with connection.execute_wrapper(record):
+        response = client.get(f"/api/v1/projects/{world.project.id}")
+        hidden = client.get(f"/api/v1/projects/{world.other_project.id}")
+    assert response.status_code == 200 and response.json()["my_role"] == "annotator"
+    assert_error(hidden, 404, "not_found")
+    reading_roles = [sql for sql in statements if "projects_projectmember" in sql]
+    assert len(reading_roles) == 2  # one per request
+    assert all("projects_apitoken" in sql for sql in reading_roles)
+
+
+def test_a_role_taken_away_between_two_requests_counts_on_the_second(world: World) -> None:
+    client = world.client("annotator")
+    assert client.get(f"/api/v1/projects/{world.project.id}").status_code == 200
+    ProjectMember.objects.filter(project=world.project, user=world.users["annotator"]).delete()
+    assert_error(client.get(f"/api/v1/projects/{world.project.id}"), 404, "not_found")
