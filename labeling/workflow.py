@@ -16,6 +16,7 @@ import hashlib
 import json
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -370,7 +371,13 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
     now = timezone.now()
     with transaction.atomic():
         _lock_caller(project.pk, actor.pk)
-        waiting = _waiting(project.pk, actor.pk, workflow.max_active + 1)
+        pulled: tuple[Task, list[Prediction]] | None = None
+        if workflow.assignment == "manual" or workflow.max_total is not None:
+            waiting = _waiting(project.pk, actor.pk, workflow.max_active + 1)
+            pull_tried = False
+        else:
+            waiting, pulled = _waiting_then_pull(project, actor.pk, workflow)
+            pull_tried = _pull_wanted(waiting, workflow)
         held = [a for a in waiting if a.state == AssignmentState.ACTIVE]
         if len(held) >= workflow.max_active:
             renewed = now + timedelta(seconds=workflow.lease_seconds)
@@ -399,7 +406,8 @@ def task_next(*, actor: User, access: ProjectAccess) -> Handed | None:
             Assignment.objects.filter(task__project_id=project.pk, user=actor).count() >= workflow.max_total
         ):
             return None
-        pulled = _pull(project, actor.pk, _ORDER[workflow.ordering])
+        if not pull_tried:  # skipped above for held leases or a reservation that have just gone
+            pulled = _pull(project, actor.pk, _ORDER[workflow.ordering])
         if pulled is None:
             return None
         if workflow.gold_rate > 0 and _random.random() < workflow.gold_rate:
@@ -431,28 +439,63 @@ def _waiting(project_id: int, user_id: int, limit: int) -> list[Assignment]:
         return [_ASSIGNMENT.build(row) for row in cursor.fetchall()]
 
 
+def _pull_sql(which: str, order: str, gate: str = "") -> str:
+    """The first task passing `which` with a free slot the user (the second parameter) never had,
+    locked, skipping locked rows; `gate` is a condition on other rows, checked once before the scan."""
+    return f"""
+        SELECT {_HANDED_COLUMNS} FROM labeling_task t
+        JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id
+        WHERE t.project_id = %s AND {which}
+          AND NOT EXISTS (SELECT 1 FROM labeling_assignment a WHERE a.task_id = t.id AND a.user_id = %s)
+          {gate}
+        ORDER BY {order}
+        LIMIT 1
+        FOR UPDATE OF t SKIP LOCKED
+    """  # noqa: S608  (column names from model metadata, order, which and gate constant clauses)
+
+
+def _pulled(project: Project, values: Sequence[Any]) -> tuple[Task, list[Prediction]]:
+    """The task, its item and predictions from a row of _HANDED_COLUMNS."""
+    task = _TASK.build(values[: _TASK.width])
+    at = _TASK.width
+    item = _ITEM.build(values[at : at + _ITEM.width])
+    at += _ITEM.width
+    item.primary = _BLOB.build(values[at : at + _BLOB.width])
+    task.project, task.item = project, item
+    return task, _predictions(values[at + _BLOB.width])
+
+
 def _pull(
     project: Project, user_id: int, order: str, *, gold: bool = False
 ) -> tuple[Task, list[Prediction]] | None:
     """Lock and return the first task with a free slot the user never had, skipping locked rows;
     with `gold`, the first gold task the user never had (gold tasks have no slots to run out of).
     The task comes with its item and predictions, as `next` hands it out."""
-    which = "t.is_gold" if gold else "t.open_slots > 0"
-    sql = f"""
-        SELECT {_HANDED_COLUMNS} FROM labeling_task t
-        JOIN storage_item i ON i.id = t.item_id JOIN storage_blob b ON b.id = i.primary_id
-        WHERE t.project_id = %s AND {which}
-          AND NOT EXISTS (SELECT 1 FROM labeling_assignment a WHERE a.task_id = t.id AND a.user_id = %s)
-        ORDER BY {order}
-        LIMIT 1
-        FOR UPDATE OF t SKIP LOCKED
-    """  # noqa: S608  (column names from model metadata, order and which constant clauses)
-    found = fetch_one(sql, [project.pk, user_id], _TASK, _ITEM, _BLOB)
-    if found is None:
-        return None
-    task, item, item.primary, predictions = found
-    task.project, task.item = project, item
-    return task, _predictions(predictions)
+    sql = _pull_sql("t.is_gold" if gold else "t.open_slots > 0", order)
+    with prepared_cursor() as cursor:
+        cursor.execute(sql, [project.pk, user_id])
+        row = cursor.fetchone()
+    return None if row is None else _pulled(project, row)
+
+
+def _pull_wanted(waiting: list[Assignment], workflow: Workflow) -> bool:
+    """The gate of _NEXT_SQL, on the waiting rows it read."""
+    held = sum(a.state == AssignmentState.ACTIVE for a in waiting)
+    reserved = any(a.state == AssignmentState.PENDING for a in waiting)
+    return held < workflow.max_active and not (reserved and workflow.assignment == "both")
+
+
+def _waiting_then_pull(
+    project: Project, user_id: int, workflow: Workflow
+) -> tuple[list[Assignment], tuple[Task, list[Prediction]] | None]:
+    params = [project.pk, user_id, workflow.max_active + 1, project.pk, user_id]
+    params += [workflow.max_active, workflow.assignment == "both"]
+    with prepared_cursor() as cursor:
+        cursor.execute(_NEXT_SQL[workflow.ordering], params)
+        rows = cursor.fetchall()
+    waiting = [_ASSIGNMENT.build(row[: _ASSIGNMENT.width]) for row in rows if row[0] is not None]
+    pull = rows[0][_ASSIGNMENT.width :]
+    return waiting, None if pull[0] is None else _pulled(project, pull)
 
 
 # The task with its item, and the newest prediction of each model version of the task (at most
@@ -481,18 +524,35 @@ _HANDED_SQL = (
 )
 
 
+# `next` in one statement for what it nearly always does: the caller's waiting work (as _waiting)
+# and, when that leaves room for a new lease (fewer held than max_active, and no reserved
+# assignment to take first), the task _pull would lock. The gate is a one-time filter on the
+# materialized waiting rows: when it fails, the task scan never runs and nothing is locked.
+_PULL_GATE = (
+    "AND (SELECT count(*) FROM w WHERE w.state = 'active') < %s"
+    " AND NOT (%s AND EXISTS (SELECT 1 FROM w WHERE w.state = 'pending'))"
+)
+_NEXT_SQL = {
+    ordering: f"WITH w AS MATERIALIZED ({_WAITING_SQL}),"  # noqa: S608  (constant clauses)
+    f" p AS ({_pull_sql('t.open_slots > 0', order, _PULL_GATE)})"
+    " SELECT w.*, p.* FROM (SELECT) AS one LEFT JOIN w ON true LEFT JOIN p ON true"
+    for ordering, order in _ORDER.items()
+}
+
+
 def _handed(assignment: Assignment, project: Project) -> Handed:
     """The task of an assignment as `next` hands it out: its item, its predictions and the
     caller's draft, if any."""
-    found = fetch_one(_HANDED_SQL, [assignment.task_id], _TASK, _ITEM, _BLOB)
-    if found is None:
+    with prepared_cursor() as cursor:
+        cursor.execute(_HANDED_SQL, [assignment.task_id])
+        row = cursor.fetchone()
+    if row is None:
         raise Task.DoesNotExist(f"task {assignment.task_id}")
-    task, item, item.primary, predictions = found
-    task.project, task.item = project, item
+    task, predictions = _pulled(project, row)
     draft = None
     if assignment.annotation_id is not None:  # a lease handed again, or rework: rare
         draft = Annotation.objects.filter(id=assignment.annotation_id).first()
-    return Handed(assignment=assignment, task=task, draft=draft, predictions=_predictions(predictions))
+    return Handed(assignment=assignment, task=task, draft=draft, predictions=predictions)
 
 
 def _predictions(found: str | list[list[Any]] | None) -> list[Prediction]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.utils import timezone
 
 from labeling.models import Annotation, Assignment, Task
@@ -172,6 +173,28 @@ def test_next_hands_the_same_lease_again_and_autosave_keeps_the_draft(floor: Flo
         submitted.status_code == 201 and submitted.json()["id"] == saved.json()["id"]
     )  # the draft became it
     assert Annotation.objects.filter(author__username="annotator").count() == 1
+
+
+def test_next_reads_the_callers_waiting_work_and_pulls_a_task_in_one_statement(floor: Floor) -> None:
+    """Below max_active the caller's held lease and the next free task come from one read; at
+    max_active the held lease is handed again and no new task is taken."""
+    assert floor.workflow(max_active=2).status_code == 200
+    client = floor.world.client("annotator")
+    first = floor.next(client).json()
+    reads: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if str(sql).lstrip().startswith(("SELECT", "WITH w AS")) and "labeling_" in str(sql):
+            reads.append(str(sql))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        second = floor.next(client).json()
+    assert second["task"]["id"] != first["task"]["id"]
+    assert len(reads) == 1, reads  # waiting work and the pull together
+    third = floor.next(client).json()  # two held: the first is handed again
+    assert third["assignment"]["id"] == first["assignment"]["id"]
+    assert Assignment.objects.filter(user=floor.world.users["annotator"], state="active").count() == 2
 
 
 def test_a_submit_without_a_valid_lease_is_a_409_and_other_peoples_work_a_404(floor: Floor) -> None:
