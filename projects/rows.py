@@ -246,9 +246,8 @@ _batch: ContextVar[_Batch | None] = ContextVar("rows_batch", default=None)
 @contextmanager
 def together() -> Iterator[None]:
     """Send the inserts, updates and `write`s of this block as one statement (data-modifying WITH
-    clauses),
-    sparing a round trip per write on the hot paths (the queue's `next` and `submit` write three
-    to five rows each).
+    clauses), sparing a round trip per write on the hot paths (the queue's `next` and `submit`
+    write three to five rows each).
 
     Writes wait until the block ends or until anything else runs on the connection, which sends
     them first: a read in the block sees every write before it, as if each had been sent alone.
