@@ -3,10 +3,12 @@
 Health checks: a connection idle past FRESH_S is checked and replaced when it died; one that
 answered a request just before is used without the extra round trip. A real PostgreSQL backend is
 terminated to kill a connection. Server-side cursors: one closed by the garbage collector while
-its connection is busy never waits on the connection's own lock."""
+its connection is busy never waits on the connection's own lock. Timestamps: read by psycopg's
+own (compiled) loader, as the same aware UTC datetimes Django's loader gives."""
 
 from __future__ import annotations
 
+import datetime
 import gc
 import threading
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.db import OperationalError, connection, connections
+from django.db.backends.postgresql.psycopg_any import BaseTzLoader
+from psycopg.pq import Format
 
 from config.postgresql.base import FRESH_S
 from tests.factories import UserFactory
@@ -113,3 +117,32 @@ def test_an_iterator_closed_as_usual_closes_its_cursor_on_the_server() -> None:
     assert _open_cursors() == 1
     rows.close()  # type: ignore[attr-defined]
     assert _open_cursors() == 0
+
+
+def test_timestamps_are_read_by_psycopgs_own_loader_as_utc_datetimes() -> None:
+    import psycopg
+
+    oid = psycopg.adapters.types["timestamptz"].oid
+    connection.ensure_connection()
+    loader = connection.connection.adapters.get_loader(oid, Format.TEXT)
+    assert not issubclass(loader, BaseTzLoader)  # Django's, a subclass of psycopg's Python loader
+    compiled = psycopg.adapters.get_loader(oid, Format.TEXT)  # compiled with psycopg[binary]
+    assert loader(oid, connection.connection).load.__self__.__class__ is compiled
+
+    user = UserFactory()
+    with connection.cursor() as cursor:  # Django's client-side binding cursor
+        cursor.execute(
+            "SELECT date_joined, '2024-02-29 23:59:59.999999+05:30'::timestamptz"
+            " FROM auth_user WHERE id = %s",
+            [user.pk],
+        )
+        joined, offset = cursor.fetchone()
+    with connection.prepared_cursor() as cursor:  # hot-path statements, bound on the server
+        cursor.execute("SELECT date_joined FROM auth_user WHERE id = %s", [user.pk])
+        (prepared,) = cursor.fetchone()
+    read = User.objects.get(pk=user.pk).date_joined
+    for value in (joined, prepared, read):
+        assert value.tzinfo is datetime.UTC
+        assert value == user.date_joined
+    assert offset == datetime.datetime(2024, 2, 29, 18, 29, 59, 999999, tzinfo=datetime.UTC)
+    assert offset.tzinfo is datetime.UTC
