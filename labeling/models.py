@@ -35,7 +35,9 @@ class LabelSchema(models.Model):
     attribute changes), applied to the existing annotations and predictions by `migration_job`.
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="label_schemas")
+    project = models.ForeignKey(
+        Project, db_index=False, on_delete=models.CASCADE, related_name="label_schemas"
+    )
     version = models.IntegerField()
     spec = models.JSONField()
     operations = models.JSONField(default=list, blank=True)
@@ -73,7 +75,7 @@ class Task(models.Model):
     tasks with a free slot through a partial index.
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    project = models.ForeignKey(Project, db_index=False, on_delete=models.CASCADE, related_name="tasks")
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="tasks")
     state = models.CharField(max_length=16, choices=TaskState.choices, default=TaskState.OPEN)
     priority = models.IntegerField(default=0)
@@ -143,8 +145,10 @@ class Assignment(models.Model):
     row with a new lease.
     """
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="assignments")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    task = models.ForeignKey(Task, db_index=False, on_delete=models.CASCADE, related_name="assignments")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, db_index=False, on_delete=models.CASCADE, related_name="assignments"
+    )
     state = models.CharField(max_length=16, choices=AssignmentState.choices)
     assigned_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -181,8 +185,10 @@ class AnnotationState(models.TextChoices):
 class Annotation(models.Model):
     """One person's (or an import's) labels for a task, versioned: each write bumps `version`."""
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="annotations")
-    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="annotations")
+    task = models.ForeignKey(Task, db_index=False, on_delete=models.CASCADE, related_name="annotations")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, db_index=False, on_delete=models.PROTECT, related_name="annotations"
+    )
     schema_version = models.IntegerField()
     state = models.CharField(max_length=16, choices=AnnotationState.choices, default=AnnotationState.DRAFT)
     result = RegionsField(default=list)
@@ -227,7 +233,9 @@ class RevisionAction(models.TextChoices):
 class AnnotationRevision(models.Model):
     """Every version an annotation had: who made it, when, how, and what changed."""
 
-    annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="revisions")
+    annotation = models.ForeignKey(
+        Annotation, db_index=False, on_delete=models.CASCADE, related_name="revisions"
+    )
     version = models.IntegerField()
     action = models.CharField(max_length=16, choices=RevisionAction.choices)
     author = models.ForeignKey(
@@ -260,7 +268,9 @@ class ModelKind(models.TextChoices):
 class MLModel(models.Model):
     """A model an organization registered for pre-labeling; what it does is per version."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="ml_models")
+    organization = models.ForeignKey(
+        Organization, db_index=False, on_delete=models.CASCADE, related_name="ml_models"
+    )
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     created_by = models.ForeignKey(
@@ -282,7 +292,7 @@ class ModelVersion(models.Model):
     pre-label job may override it per project); labels it leaves out are dropped and counted.
     """
 
-    model = models.ForeignKey(MLModel, on_delete=models.CASCADE, related_name="versions")
+    model = models.ForeignKey(MLModel, db_index=False, on_delete=models.CASCADE, related_name="versions")
     version = models.CharField(max_length=100)
     kind = models.CharField(max_length=20, choices=ModelKind.choices)
     builtin = models.CharField(max_length=100, blank=True, default="")  # registry name (builtin)
@@ -321,7 +331,7 @@ class Prediction(models.Model):
     name shown and exported (free text for predictions imported or posted by clients).
     """
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="predictions")
+    task = models.ForeignKey(Task, db_index=False, on_delete=models.CASCADE, related_name="predictions")
     source = models.ForeignKey(
         ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="predictions"
     )
@@ -353,7 +363,9 @@ class Verdict(models.TextChoices):
 
 class Review(models.Model):
     annotation = models.ForeignKey(Annotation, on_delete=models.CASCADE, related_name="reviews")
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, db_index=False, on_delete=models.PROTECT, related_name="+"
+    )
     verdict = models.CharField(max_length=8, choices=Verdict.choices)
     comment = models.TextField(blank=True, default="")
     annotation_version = models.IntegerField()
@@ -407,7 +419,7 @@ class Release(models.Model):
     splits stay where the parent put them, and diffs default to it.
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="releases")
+    project = models.ForeignKey(Project, db_index=False, on_delete=models.CASCADE, related_name="releases")
     version = models.IntegerField()
     name = models.CharField(max_length=200)
     notes = models.TextField(blank=True, default="")
@@ -443,7 +455,7 @@ class ReleaseItem(models.Model):
     its accepted annotation, the annotators' consensus, or its (only) submitted annotation.
     """
 
-    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="entries")
+    release = models.ForeignKey(Release, db_index=False, on_delete=models.CASCADE, related_name="entries")
     item = models.ForeignKey(Item, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     task = models.ForeignKey(Task, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
     dataset_id = models.IntegerField()
@@ -476,7 +488,7 @@ class ReleaseExport(models.Model):
     """A release written in one format (optionally with its media), once: a release never changes,
     so asking again returns the same file."""
 
-    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="exports")
+    release = models.ForeignKey(Release, db_index=False, on_delete=models.CASCADE, related_name="exports")
     format = models.CharField(max_length=32)
     include_media = models.BooleanField(default=False)
     job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
@@ -511,7 +523,7 @@ class Training(models.Model):
     """
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="trainings")
-    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="trainings")
+    release = models.ForeignKey(Release, db_index=False, on_delete=models.CASCADE, related_name="trainings")
     recipe = models.CharField(max_length=50)
     params = models.JSONField(default=dict, blank=True)  # normalized, defaults filled in
     model_name = models.CharField(max_length=200)

@@ -28,7 +28,7 @@ class ApiToken(models.Model):
     """A personal API token. Only its SHA-256 is stored; the token itself is shown once."""
 
     user = models.ForeignKey(
-        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+        django_settings.AUTH_USER_MODEL, db_index=False, on_delete=models.CASCADE, related_name="api_tokens"
     )
     name = models.CharField(max_length=100)
     # The first characters of the token, shown in listings so a user can tell tokens apart.
@@ -59,9 +59,11 @@ class Organization(models.Model):
 
 
 class Membership(models.Model):
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(
+        Organization, db_index=False, on_delete=models.CASCADE, related_name="memberships"
+    )
     user = models.ForeignKey(
-        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+        django_settings.AUTH_USER_MODEL, db_index=False, on_delete=models.CASCADE, related_name="memberships"
     )
     role = models.CharField(max_length=16, choices=OrgRole.choices, default=OrgRole.MEMBER)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -75,7 +77,9 @@ class Membership(models.Model):
 
 
 class Project(models.Model):
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="projects")
+    organization = models.ForeignKey(
+        Organization, db_index=False, on_delete=models.CASCADE, related_name="projects"
+    )
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     # Workflow settings (overlap, review policy, …) owned by later capabilities; validated by them.
@@ -94,9 +98,12 @@ class Project(models.Model):
 
 
 class ProjectMember(models.Model):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="members")
+    project = models.ForeignKey(Project, db_index=False, on_delete=models.CASCADE, related_name="members")
     user = models.ForeignKey(
-        django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_roles"
+        django_settings.AUTH_USER_MODEL,
+        db_index=False,
+        on_delete=models.CASCADE,
+        related_name="project_roles",
     )
     role = models.CharField(max_length=16, choices=ProjectRole.choices)
     # Set while the member may not take new tasks (quality pauses an annotator whose accuracy on
@@ -132,8 +139,12 @@ class Job(models.Model):
     ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
 
     kind = models.CharField(max_length=64)
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="jobs")
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs")
+    organization = models.ForeignKey(
+        Organization, db_index=False, on_delete=models.CASCADE, related_name="jobs"
+    )
+    project = models.ForeignKey(
+        Project, db_index=False, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs"
+    )
     created_by = models.ForeignKey(
         django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
     )
@@ -185,7 +196,7 @@ class JobChunk(models.Model):
     presumed dead (its lease expired and was taken over) out of recording it.
     """
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="chunks")
+    job = models.ForeignKey(Job, db_index=False, on_delete=models.CASCADE, related_name="chunks")
     index = models.IntegerField()
     items = models.IntegerField(default=0)
     state = models.CharField(max_length=8, choices=ChunkState.choices, default=ChunkState.DONE)
@@ -203,7 +214,7 @@ class JobChunk(models.Model):
 class JobError(models.Model):
     """A per-item error: the item was skipped with this reason, the rest of the job went on."""
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="errors")
+    job = models.ForeignKey(Job, db_index=False, on_delete=models.CASCADE, related_name="errors")
     chunk_index = models.IntegerField(null=True, blank=True)
     item = models.CharField(max_length=500, blank=True, default="")
     code = models.CharField(max_length=64)
@@ -225,10 +236,15 @@ class AuditEvent(models.Model):
         django_settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
     )
     organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
+        Organization,
+        db_index=False,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="audit_events",
     )
     project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
+        Project, db_index=False, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
     )
     verb = models.CharField(max_length=64)
     object_type = models.CharField(max_length=64)
@@ -255,7 +271,9 @@ class IdempotencyRecord(models.Model):
     with the response after; released when the write failed, so the client may try again.
     """
 
-    user = models.ForeignKey(django_settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, db_index=False, on_delete=models.CASCADE, related_name="+"
+    )
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64)  # method and path the key was first used for
     status = models.IntegerField(default=0)  # 0 while the first request is still running

@@ -37,10 +37,10 @@ class Finding(models.Model):
     the whole project never duplicates, and a finding a reviewer dismissed stays dismissed.
     """
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(Project, db_index=False, on_delete=models.CASCADE, related_name="+")
+    task = models.ForeignKey(Task, db_index=False, on_delete=models.CASCADE, related_name="+")
     annotation = models.ForeignKey(
-        Annotation, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+        Annotation, db_index=False, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
     )
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
@@ -86,7 +86,7 @@ class TaskQuality(models.Model):
     """
 
     task = models.OneToOneField(Task, on_delete=models.CASCADE, related_name="+")
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(Project, db_index=False, on_delete=models.CASCADE, related_name="+")
     annotators = models.IntegerField()
     agreement = models.FloatField(null=True, blank=True)
     pairs = models.JSONField(default=list, blank=True)
@@ -105,7 +105,7 @@ class TaskQuality(models.Model):
 class GoldAnswer(models.Model):
     """One annotator's answer to a gold task, scored against the task's ground truth (0..1)."""
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(Project, db_index=False, on_delete=models.CASCADE, related_name="+")
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
     annotation = models.OneToOneField(Annotation, on_delete=models.CASCADE, related_name="+")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
@@ -130,8 +130,10 @@ class Evaluation(models.Model):
     """
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
-    release = models.ForeignKey(Release, on_delete=models.CASCADE, related_name="+")
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    release = models.ForeignKey(Release, db_index=False, on_delete=models.CASCADE, related_name="+")
+    model_version = models.ForeignKey(
+        ModelVersion, db_index=False, on_delete=models.CASCADE, related_name="+"
+    )
     split = models.CharField(max_length=16, blank=True, default="")
     threshold = models.FloatField(default=0.5)
     job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")

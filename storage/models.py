@@ -41,7 +41,9 @@ class Modality(models.TextChoices):
 class Dataset(models.Model):
     """Data of an organization; linkable to several projects, which then label its items."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="datasets")
+    organization = models.ForeignKey(
+        Organization, db_index=False, on_delete=models.CASCADE, related_name="datasets"
+    )
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     projects = models.ManyToManyField(Project, blank=True, related_name="datasets")
@@ -64,7 +66,7 @@ class Item(models.Model):
     key): bringing the same name in again updates or skips the item instead of duplicating it.
     """
 
-    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="items")
+    dataset = models.ForeignKey(Dataset, db_index=False, on_delete=models.CASCADE, related_name="items")
     name = models.CharField(max_length=1024)
     modality = models.CharField(max_length=16, choices=Modality.choices)
     media_type = models.CharField(max_length=255)
@@ -100,7 +102,7 @@ class Item(models.Model):
 class ItemBlob(models.Model):
     """The further parts of a multi-part item (a multi-sensor frame's images, a calibration file)."""
 
-    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="parts")
+    item = models.ForeignKey(Item, db_index=False, on_delete=models.CASCADE, related_name="parts")
     blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="+")
     role = models.CharField(max_length=64)
     name = models.CharField(max_length=1024)
@@ -135,7 +137,9 @@ class BucketSource(models.Model):
 class BucketObject(models.Model):
     """What a sync has seen of an external key, so the next sync adds only new or changed ones."""
 
-    source = models.ForeignKey(BucketSource, on_delete=models.CASCADE, related_name="seen_objects")
+    source = models.ForeignKey(
+        BucketSource, db_index=False, on_delete=models.CASCADE, related_name="seen_objects"
+    )
     key = models.CharField(max_length=1024)
     etag = models.CharField(max_length=128)
     size = models.BigIntegerField()
@@ -163,7 +167,7 @@ class IngestEntry(models.Model):
     …, "member": …}``; ``expect`` optional size/sha256 the bytes must match.
     """
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="ingest_entries")
+    job = models.ForeignKey(Job, db_index=False, on_delete=models.CASCADE, related_name="ingest_entries")
     seq = models.IntegerField()
     name = models.CharField(max_length=1024)
     source = models.JSONField()

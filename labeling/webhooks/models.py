@@ -64,7 +64,7 @@ class WebhookDelivery(models.Model):
     """One event for one webhook. The body is fixed when the event happens: every attempt (and a
     redelivery) sends the same bytes with the same `uuid`, so receivers can drop duplicates."""
 
-    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    webhook = models.ForeignKey(Webhook, db_index=False, on_delete=models.CASCADE, related_name="deliveries")
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     event = models.CharField(max_length=64, choices=WebhookEvent.choices)
     body = models.TextField()  # the JSON document sent, exactly as signed
@@ -97,7 +97,9 @@ class WebhookDelivery(models.Model):
 
 
 class WebhookAttempt(models.Model):
-    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    delivery = models.ForeignKey(
+        WebhookDelivery, db_index=False, on_delete=models.CASCADE, related_name="attempt_log"
+    )
     number = models.IntegerField()  # 1 for the first attempt of the delivery
     at = models.DateTimeField()  # when the request started
     status_code = models.IntegerField(null=True, blank=True)  # None: no HTTP answer
