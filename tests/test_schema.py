@@ -18,14 +18,18 @@ OUR_APPS = ("projects", "storage", "labeling", "quality")
 
 def redundant_indexes() -> list[str]:
     """'table: index (columns) leads other (columns)' for each plain btree index (not unique,
-    not partial, no expressions) whose key columns are a leading part of another btree index's
-    on the same table (that one not partial either)."""
+    not partial, no expressions) whose key columns, with their operator classes, are a leading
+    part of another btree index's on the same table (that one not partial either)."""
     tables = {model._meta.db_table for label in OUR_APPS for model in apps.get_app_config(label).get_models()}
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT c.relname, i.relname, ix.indkey::text, ix.indnkeyatts, ix.indisunique,
-                   ix.indpred IS NULL AND ix.indexprs IS NULL, am.amname
+            SELECT c.relname, i.relname,
+                   ARRAY(SELECT a.attname FROM unnest(ix.indkey) WITH ORDINALITY k(attnum, n)
+                         JOIN pg_attribute a ON a.attrelid = ix.indrelid AND a.attnum = k.attnum
+                         WHERE k.n <= ix.indnkeyatts ORDER BY k.n),
+                   ix.indclass::text,
+                   ix.indisunique, ix.indpred IS NULL AND ix.indexprs IS NULL, am.amname
             FROM pg_index ix
             JOIN pg_class i ON i.oid = ix.indexrelid
             JOIN pg_class c ON c.oid = ix.indrelid
@@ -36,18 +40,19 @@ def redundant_indexes() -> list[str]:
         )
         rows = cursor.fetchall()
     found = []
-    for table, index, keys, key_count, unique, plain, method in rows:
+    for table, index, mine, classes, unique, plain, method in rows:
         if unique or not plain or method != "btree":
             continue
-        mine = keys.split()[:key_count]
-        for other_table, other, other_keys, other_count, _, other_plain, other_method in rows:
-            theirs = other_keys.split()[:other_count]
+        for other_table, other, theirs, other_classes, other_unique, other_plain, other_method in rows:
             if (
                 other_table == table and other != index and other_plain and other_method == "btree"
-                and len(theirs) >= len(mine) and theirs[: len(mine)] == mine
-                and (len(theirs) > len(mine) or index > other)  # of two equal ones, report one
+                and theirs[: len(mine)] == mine
+                # the same operator classes (Django's `_like` indexes serve LIKE 'prefix%' only)
+                and other_classes.split()[: len(mine)] == classes.split()
+                # longer, or the same columns: a unique one wins, of two plain ones report one
+                and (len(theirs) > len(mine) or other_unique or index > other)
             ):  # fmt: skip
-                found.append(f"{table}: {index} ({' '.join(mine)}) leads {other} ({' '.join(theirs)})")
+                found.append(f"{table}: {index} ({', '.join(mine)}) leads {other} ({', '.join(theirs)})")
                 break
     return sorted(found)
 
